@@ -1,0 +1,53 @@
+//! Typed errors of the core. None of them ever carries key or plaintext bytes:
+//! the glue maps each to a SQLSTATE and a message once, and those messages
+//! reach clients and logs.
+
+use thiserror::Error;
+
+/// Ciphertext parsing, sealing and opening.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("ciphertext is empty")]
+    Empty,
+    #[error("unsupported ciphertext format {0:#04x}")]
+    UnknownFormat(u8),
+    #[error("unsupported cipher algorithm {0:#04x}")]
+    UnknownAlgorithm(u8),
+    #[error("ciphertext is truncated ({actual} bytes, at least {minimum} needed)")]
+    Truncated { minimum: usize, actual: usize },
+    #[error("ciphertext names key version 0, which never exists")]
+    ZeroVersion,
+    #[error("ciphertext failed authentication: wrong key group, version or context, or the data was altered")]
+    AuthenticationFailed,
+    #[error("key has {actual} bytes, expected {expected}")]
+    KeyLength { expected: usize, actual: usize },
+    #[error("plaintext too large to encrypt")]
+    TooLarge,
+}
+
+/// Failures of a KMS provider. Messages name key ids and causes, never key bytes.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum KmsError {
+    /// The row was wrapped by a different master key than the one configured.
+    #[error("wrong master key: the ring key was wrapped by {wrapped_by}, but the configured KMS key is {configured}")]
+    WrongMasterKey { wrapped_by: String, configured: String },
+    /// The master key id matches but the wrapped bytes do not authenticate.
+    #[error("wrapped ring key failed to authenticate under KMS key {key_id}: the row was altered or moved")]
+    WrappedKeyCorrupt { key_id: String },
+    /// Configuration is missing or unusable (file absent, bad permissions, bad format).
+    #[error("KMS configuration error: {0}")]
+    Config(String),
+    /// The KMS could not be reached or answered with a retryable failure.
+    #[error("KMS unavailable: {0}")]
+    Unavailable(String),
+    /// The KMS refused the request (permissions, disabled key, bad request).
+    #[error("KMS refused the request: {0}")]
+    Refused(String),
+}
+
+/// Invalid key-group or rotation settings.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,17 @@
+//! The pgrx-free core of secret_vault.
+//!
+//! Everything here is plain Rust so it can be tested with `cargo test` and no
+//! PostgreSQL: key buffers, the AEAD ciphertext format, the binding of
+//! ciphertexts to where they belong, the KMS seam with its providers, and the
+//! key-ring policy (which version is current, when rotation is due).
+
+pub mod aad;
+pub mod aead;
+pub mod error;
+pub mod format;
+pub mod keys;
+pub mod kms;
+pub mod policy;
+
+pub use error::{CryptoError, KmsError, PolicyError};
+pub use keys::KeyBytes;

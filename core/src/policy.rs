@@ -1,0 +1,269 @@
+//! Key-ring policy: what settings a group may have, and which version is
+//! current at a given time. Times are PostgreSQL timestamps (microseconds
+//! since 2000-01-01), durations microseconds, so the glue passes them through.
+
+use crate::PolicyError;
+
+pub const MAX_NAME_LEN: usize = 255;
+pub const MIN_EXPORT_KEY_BYTES: i32 = 16;
+pub const MAX_EXPORT_KEY_BYTES: i32 = 512;
+pub const AEAD_KEY_BYTES: i32 = 32;
+pub const MAX_RING_SIZE: i32 = 1024;
+
+const USECS_PER_DAY: i64 = 86_400_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Key bytes are handed to callers (`current`, `resolve`).
+    Export,
+    /// Key bytes never leave the server (`encrypt`, `decrypt`, secrets).
+    Encrypt,
+}
+
+impl Purpose {
+    pub fn parse(s: &str) -> Result<Self, PolicyError> {
+        match s {
+            "export" => Ok(Purpose::Export),
+            "encrypt" => Ok(Purpose::Encrypt),
+            _ => Err(PolicyError::Invalid(
+                "purpose must be 'export' or 'encrypt'".to_string(),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Export => "export",
+            Purpose::Encrypt => "encrypt",
+        }
+    }
+}
+
+/// A PostgreSQL interval's three fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub months: i32,
+    pub days: i32,
+    pub micros: i64,
+}
+
+impl Span {
+    /// Length with months taken as 30 days, as PostgreSQL's interval
+    /// comparison does; only used for sign and bound checks.
+    pub fn approx_micros(&self) -> i128 {
+        self.micros as i128
+            + self.days as i128 * USECS_PER_DAY as i128
+            + self.months as i128 * 30 * USECS_PER_DAY as i128
+    }
+}
+
+/// Validates a name for a key group or secret: non-empty, bounded, no control
+/// characters. Names are shown in errors, so they must print safely.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), PolicyError> {
+    if name.is_empty() {
+        return Err(PolicyError::Invalid(format!("{kind} name must not be empty")));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(PolicyError::Invalid(format!(
+            "{kind} name is {} bytes long; the limit is {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(PolicyError::Invalid(format!(
+            "{kind} name must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    pub purpose: Purpose,
+    pub rotation_interval: Option<Span>,
+    pub propagation_delay: Span,
+    pub ring_size: i32,
+    pub key_bytes: i32,
+}
+
+impl GroupSettings {
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let bad = |m: String| Err(PolicyError::Invalid(m));
+        if let Some(iv) = self.rotation_interval {
+            if iv.approx_micros() <= 0 {
+                return bad("rotation_interval must be positive, or NULL for manual rotation only".into());
+            }
+        }
+        if self.propagation_delay.approx_micros() < 0 {
+            return bad("propagation_delay must not be negative".into());
+        }
+        if !(1..=MAX_RING_SIZE).contains(&self.ring_size) {
+            return bad(format!("ring_size must be between 1 and {MAX_RING_SIZE}"));
+        }
+        match self.purpose {
+            Purpose::Encrypt if self.key_bytes != AEAD_KEY_BYTES => bad(format!(
+                "key_bytes must be {AEAD_KEY_BYTES} for 'encrypt' groups (AES-256 / XChaCha20 keys)"
+            )),
+            Purpose::Export
+                if !(MIN_EXPORT_KEY_BYTES..=MAX_EXPORT_KEY_BYTES).contains(&self.key_bytes) =>
+            {
+                bad(format!(
+                    "key_bytes must be between {MIN_EXPORT_KEY_BYTES} and {MAX_EXPORT_KEY_BYTES}"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The facts about one stored version that decide its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionFacts {
+    pub version: u32,
+    pub activates_at: i64,
+    pub retired: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    /// Resolvable, not yet returned by `current`.
+    Pending,
+    /// The one `current` returns.
+    Current,
+    /// Older than current, still resolvable and decryptable.
+    Previous,
+    /// No longer usable.
+    Retired,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Pending => "pending",
+            VersionState::Current => "current",
+            VersionState::Previous => "previous",
+            VersionState::Retired => "retired",
+        }
+    }
+}
+
+/// The current version at `now`: the newest version already active and not
+/// retired. Pending versions (activation in the future) are skipped, so a
+/// rotation takes effect by time alone.
+pub fn current_version(versions: &[VersionFacts], now: i64) -> Option<u32> {
+    versions
+        .iter()
+        .filter(|v| !v.retired && v.activates_at <= now)
+        .map(|v| v.version)
+        .max()
+}
+
+pub fn version_state(v: &VersionFacts, current: Option<u32>, now: i64) -> VersionState {
+    if v.retired {
+        VersionState::Retired
+    } else if v.activates_at > now {
+        VersionState::Pending
+    } else if Some(v.version) == current {
+        VersionState::Current
+    } else {
+        VersionState::Previous
+    }
+}
+
+/// Whether versions below `below` may be retired: never the current one (it
+/// would leave `current` with nothing to return), and never a pending one.
+pub fn check_retire(below: i32, current: Option<u32>) -> Result<(), PolicyError> {
+    if below < 1 {
+        return Err(PolicyError::Invalid("below_version must be at least 1".into()));
+    }
+    match current {
+        Some(c) if (below as i64) <= c as i64 => Ok(()),
+        Some(c) => Err(PolicyError::Invalid(format!(
+            "cannot retire the current version {c} or newer; below_version must be at most {c}"
+        ))),
+        None => Err(PolicyError::Invalid("the group has no current version to keep".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(micros: i64) -> Span {
+        Span { months: 0, days: 0, micros }
+    }
+
+    fn settings(purpose: Purpose, key_bytes: i32) -> GroupSettings {
+        GroupSettings {
+            purpose,
+            rotation_interval: None,
+            propagation_delay: span(30_000_000),
+            ring_size: 16,
+            key_bytes,
+        }
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("key group", "stripe/api-key").is_ok());
+        assert!(validate_name("key group", "").is_err());
+        assert!(validate_name("key group", "a\nb").is_err());
+        assert!(validate_name("key group", "a\u{7f}b").is_err());
+        assert!(validate_name("key group", &"x".repeat(256)).is_err());
+        assert!(validate_name("key group", &"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn encrypt_groups_need_32_byte_keys_export_groups_a_bounded_size() {
+        assert!(settings(Purpose::Encrypt, 32).validate().is_ok());
+        assert!(settings(Purpose::Encrypt, 64).validate().is_err());
+        assert!(settings(Purpose::Export, 64).validate().is_ok());
+        assert!(settings(Purpose::Export, 8).validate().is_err());
+        assert!(settings(Purpose::Export, 513).validate().is_err());
+    }
+
+    #[test]
+    fn intervals_and_ring_size_are_bounded() {
+        let mut s = settings(Purpose::Export, 32);
+        s.rotation_interval = Some(span(0));
+        assert!(s.validate().is_err());
+        s.rotation_interval = Some(Span { months: 1, days: 0, micros: 0 });
+        assert!(s.validate().is_ok());
+        s.propagation_delay = span(-1);
+        assert!(s.validate().is_err());
+        s.propagation_delay = span(0);
+        s.ring_size = 0;
+        assert!(s.validate().is_err());
+        assert!(Purpose::parse("sign").is_err());
+    }
+
+    #[test]
+    fn pending_versions_become_current_by_time_alone() {
+        let vs = [
+            VersionFacts { version: 1, activates_at: 0, retired: false },
+            VersionFacts { version: 2, activates_at: 100, retired: false },
+        ];
+        assert_eq!(current_version(&vs, 99), Some(1));
+        assert_eq!(version_state(&vs[1], Some(1), 99), VersionState::Pending);
+        assert_eq!(current_version(&vs, 100), Some(2));
+        assert_eq!(version_state(&vs[0], Some(2), 100), VersionState::Previous);
+    }
+
+    #[test]
+    fn retired_versions_are_never_current() {
+        let vs = [
+            VersionFacts { version: 1, activates_at: 0, retired: true },
+            VersionFacts { version: 2, activates_at: 0, retired: false },
+        ];
+        assert_eq!(current_version(&vs, 10), Some(2));
+        assert_eq!(version_state(&vs[0], Some(2), 10), VersionState::Retired);
+    }
+
+    #[test]
+    fn retire_keeps_the_current_version() {
+        assert!(check_retire(3, Some(3)).is_ok());
+        assert!(check_retire(4, Some(3)).is_err());
+        assert!(check_retire(0, Some(3)).is_err());
+        assert!(check_retire(1, None).is_err());
+    }
+}
