@@ -1,0 +1,97 @@
+-- secret_vault: tables, roles and views. Functions are generated from the
+-- Rust sources; grants are applied in finalize.sql once they all exist.
+
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vault_reader') THEN
+        CREATE ROLE vault_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vault_admin') THEN
+        CREATE ROLE vault_admin NOLOGIN;
+    END IF;
+END
+$roles$;
+GRANT vault_reader TO vault_admin;
+
+-- KMS master keys that wrap ring keys, by name. Exactly one is the default.
+CREATE TABLE vault.kms_keys (
+    name        text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
+    provider    text NOT NULL CHECK (provider IN ('local', 'aws', 'transit')),
+    config      jsonb NOT NULL DEFAULT '{}'::jsonb,
+    is_default  boolean NOT NULL DEFAULT false,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE UNIQUE INDEX kms_keys_one_default ON vault.kms_keys (is_default) WHERE is_default;
+INSERT INTO vault.kms_keys (name, provider, is_default) VALUES ('local', 'local', true);
+
+-- Key groups: named rings of versioned keys.
+CREATE TABLE vault.key_groups (
+    id                 uuid PRIMARY KEY,
+    name               text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 255),
+    purpose            text NOT NULL CHECK (purpose IN ('export', 'encrypt')),
+    rotation_interval  interval CHECK (rotation_interval > interval '0'),
+    propagation_delay  interval NOT NULL CHECK (propagation_delay >= interval '0'),
+    ring_size          int NOT NULL CHECK (ring_size BETWEEN 1 AND 1024),
+    key_bytes          int NOT NULL CHECK (key_bytes BETWEEN 16 AND 512),
+    kms_key            text NOT NULL REFERENCES vault.kms_keys (name),
+    last_version       int NOT NULL CHECK (last_version >= 1),
+    created_at         timestamptz NOT NULL,
+    last_rotated_at    timestamptz NOT NULL,
+    next_rotation_at   timestamptz
+);
+
+-- Ring keys, only ever stored wrapped by a KMS master key. kms_key_id is the
+-- resolved id of the master key that wrapped the row (ARN, transit key and
+-- version, or local fingerprint), so a KMS rotation is a re-wrap of rows.
+CREATE TABLE vault.ring_keys (
+    group_id      uuid NOT NULL REFERENCES vault.key_groups (id) ON DELETE CASCADE,
+    version       int NOT NULL CHECK (version >= 1),
+    created_at    timestamptz NOT NULL,
+    activates_at  timestamptz NOT NULL,
+    retired_at    timestamptz,
+    kms_key_id    text NOT NULL,
+    wrapped_key   bytea NOT NULL,
+    PRIMARY KEY (group_id, version)
+);
+
+-- pg_dump carries the vault's rows (as ciphertext); the 'local' row is made
+-- by CREATE EXTENSION itself.
+SELECT pg_catalog.pg_extension_config_dump('vault.kms_keys', 'WHERE name <> ''local''');
+SELECT pg_catalog.pg_extension_config_dump('vault.key_groups', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.ring_keys', '');
+
+CREATE VIEW vault.groups AS
+SELECT g.name,
+       g.purpose,
+       (SELECT max(k.version) FROM vault.ring_keys k
+         WHERE k.group_id = g.id AND k.retired_at IS NULL
+           AND k.activates_at <= pg_catalog.clock_timestamp())       AS current_version,
+       (SELECT count(*)::int FROM vault.ring_keys k
+         WHERE k.group_id = g.id AND k.retired_at IS NULL)            AS versions,
+       g.last_version                                                AS latest_version,
+       g.next_rotation_at,
+       g.kms_key,
+       g.rotation_interval,
+       g.propagation_delay,
+       g.ring_size,
+       g.key_bytes,
+       g.created_at,
+       g.last_rotated_at
+  FROM vault.key_groups g;
+
+-- Metadata of every version of every group: never key bytes.
+CREATE VIEW vault.group_versions AS
+SELECT g.name AS group_name,
+       k.version,
+       CASE WHEN k.retired_at IS NOT NULL THEN 'retired'
+            WHEN k.activates_at > pg_catalog.clock_timestamp() THEN 'pending'
+            WHEN k.version = (SELECT max(c.version) FROM vault.ring_keys c
+                               WHERE c.group_id = g.id AND c.retired_at IS NULL
+                                 AND c.activates_at <= pg_catalog.clock_timestamp()) THEN 'current'
+            ELSE 'previous' END AS state,
+       k.created_at,
+       k.activates_at,
+       k.retired_at,
+       k.kms_key_id
+  FROM vault.key_groups g
+  JOIN vault.ring_keys k ON k.group_id = g.id;

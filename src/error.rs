@@ -1,0 +1,164 @@
+//! The one place where errors become SQLSTATEs and messages. Every message
+//! here may reach a client or the server log, so none carries key bytes,
+//! plaintext or secret values: only names, versions and causes.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use secret_vault_core::policy::Purpose;
+use secret_vault_core::{CryptoError, KmsError, PolicyError};
+
+#[derive(Debug)]
+pub enum VaultError {
+    NullArgument(&'static str),
+    GroupNotFound(String),
+    GroupExists(String),
+    KmsKeyNotFound(String),
+    WrongPurpose { group: String, purpose: Purpose, operation: &'static str },
+    VersionNotFound { group: String, version: i64 },
+    VersionRetired { group: String, version: i64 },
+    NoCurrentVersion(String),
+    VersionOverflow(String),
+    RotationContention(String),
+    Policy(PolicyError),
+    Crypto(CryptoError),
+    Kms(KmsError),
+    Internal(String),
+}
+
+pub type VaultResult<T> = Result<T, VaultError>;
+
+impl From<PolicyError> for VaultError {
+    fn from(e: PolicyError) -> Self {
+        VaultError::Policy(e)
+    }
+}
+impl From<CryptoError> for VaultError {
+    fn from(e: CryptoError) -> Self {
+        VaultError::Crypto(e)
+    }
+}
+impl From<KmsError> for VaultError {
+    fn from(e: KmsError) -> Self {
+        VaultError::Kms(e)
+    }
+}
+impl From<pgrx::spi::SpiError> for VaultError {
+    fn from(e: pgrx::spi::SpiError) -> Self {
+        VaultError::Internal(format!("catalog access failed: {e}"))
+    }
+}
+
+impl VaultError {
+    fn into_report(self) -> ErrorReport {
+        use PgSqlErrorCode::*;
+        let (code, message, hint): (PgSqlErrorCode, String, Option<String>) = match self {
+            VaultError::NullArgument(arg) => {
+                (ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{arg} must not be NULL"), None)
+            }
+            VaultError::GroupNotFound(g) => (
+                ERRCODE_UNDEFINED_OBJECT,
+                format!("key group \"{g}\" does not exist"),
+                Some("List key groups with: SELECT name FROM vault.groups;".into()),
+            ),
+            VaultError::GroupExists(g) => {
+                (ERRCODE_DUPLICATE_OBJECT, format!("key group \"{g}\" already exists"), None)
+            }
+            VaultError::KmsKeyNotFound(k) => (
+                ERRCODE_UNDEFINED_OBJECT,
+                format!("KMS key \"{k}\" is not registered"),
+                Some("Registered KMS keys are listed in vault.kms_keys.".into()),
+            ),
+            VaultError::WrongPurpose { group, purpose, operation } => {
+                let hint = match purpose {
+                    Purpose::Export => "This group hands out key bytes: use vault.current and vault.resolve.",
+                    Purpose::Encrypt => "This group never hands out key bytes: use vault.encrypt and vault.decrypt.",
+                };
+                (
+                    ERRCODE_WRONG_OBJECT_TYPE,
+                    format!("{operation} is not allowed on key group \"{group}\" (purpose '{}')", purpose.as_str()),
+                    Some(hint.into()),
+                )
+            }
+            VaultError::VersionNotFound { group, version } => (
+                ERRCODE_UNDEFINED_OBJECT,
+                format!("version {version} of key group \"{group}\" does not exist"),
+                None,
+            ),
+            VaultError::VersionRetired { group, version } => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("version {version} of key group \"{group}\" is retired"),
+                Some("Retired versions can no longer resolve, decrypt or verify.".into()),
+            ),
+            VaultError::NoCurrentVersion(g) => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("key group \"{g}\" has no active version"),
+                None,
+            ),
+            VaultError::VersionOverflow(g) => (
+                ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!("key group \"{g}\" has reached the maximum version number"),
+                None,
+            ),
+            VaultError::RotationContention(g) => (
+                ERRCODE_LOCK_NOT_AVAILABLE,
+                format!("could not rotate key group \"{g}\": concurrent rotations kept winning"),
+                Some("Retry the rotation.".into()),
+            ),
+            VaultError::Policy(PolicyError::Invalid(m)) => (ERRCODE_INVALID_PARAMETER_VALUE, m, None),
+            VaultError::Crypto(e) => {
+                let code = match e {
+                    CryptoError::AuthenticationFailed => ERRCODE_DATA_EXCEPTION,
+                    CryptoError::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                    CryptoError::KeyLength { .. } => ERRCODE_INTERNAL_ERROR,
+                    _ => ERRCODE_INVALID_BINARY_REPRESENTATION,
+                };
+                let msg = match e {
+                    CryptoError::AuthenticationFailed | CryptoError::TooLarge => e.to_string(),
+                    _ => format!("invalid ciphertext: {e}"),
+                };
+                (code, msg, None)
+            }
+            VaultError::Kms(e) => {
+                let (code, hint) = match &e {
+                    KmsError::WrongMasterKey { .. } => (
+                        ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        Some("Configure the master key that wrapped these keys (secret_vault.local_master_key_file for the local provider)."),
+                    ),
+                    KmsError::WrappedKeyCorrupt { .. } => (ERRCODE_DATA_CORRUPTED, None),
+                    KmsError::Config(_) => (ERRCODE_CONFIG_FILE_ERROR, None),
+                    KmsError::Unavailable(_) => (ERRCODE_SYSTEM_ERROR, Some("The KMS could not be reached; retry later.")),
+                    KmsError::Refused(_) => (ERRCODE_SYSTEM_ERROR, None),
+                };
+                (code, e.to_string(), hint.map(String::from))
+            }
+            VaultError::Internal(m) => (ERRCODE_INTERNAL_ERROR, m, None),
+        };
+        let report = ErrorReport::new(code, message, "secret_vault");
+        match hint {
+            Some(h) => report.set_hint(h),
+            None => report,
+        }
+    }
+
+    /// Raises this error as a PostgreSQL ERROR; never returns.
+    pub fn raise(self) -> ! {
+        self.into_report().report(PgLogLevel::ERROR);
+        unreachable!("ERROR reports do not return")
+    }
+}
+
+/// Unwraps a result or raises its error.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for VaultResult<T> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| e.raise())
+    }
+}
+
+/// Required argument of a non-strict function.
+pub fn required<T>(value: Option<T>, name: &'static str) -> VaultResult<T> {
+    value.ok_or(VaultError::NullArgument(name))
+}

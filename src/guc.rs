@@ -1,0 +1,64 @@
+//! Every setting of secret_vault, in one place.
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// Path of the local master key; empty means the embedded default under the
+/// data directory.
+pub static LOCAL_MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// AEAD used for new ciphertexts; old ones carry their own algorithm byte.
+pub static CIPHER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"aes-256-gcm-siv"));
+
+/// File name of the embedded default master key, relative to the data directory.
+pub const DEFAULT_LOCAL_KEY_FILE: &str = "secret_vault_master.key";
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"secret_vault.local_master_key_file",
+        c"Path of the 32-byte master key file of the local KMS provider.",
+        c"Empty: a key file created under the data directory on first start (development only). \
+          The file must have mode 0600 and hold 64 hex digits, base64, or 32 raw bytes.",
+        &LOCAL_MASTER_KEY_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"secret_vault.cipher",
+        c"AEAD for new ciphertexts: aes-256-gcm-siv or xchacha20-poly1305.",
+        c"Decryption reads the algorithm from each ciphertext, so changing this never breaks old data.",
+        &CIPHER,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// The configured master key path, resolved against the data directory.
+pub fn local_master_key_path() -> std::path::PathBuf {
+    let configured = LOCAL_MASTER_KEY_FILE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.trim().is_empty());
+    let path = std::path::PathBuf::from(configured.unwrap_or_else(|| DEFAULT_LOCAL_KEY_FILE.to_string()));
+    if path.is_absolute() {
+        path
+    } else {
+        data_directory().join(path)
+    }
+}
+
+pub fn data_directory() -> std::path::PathBuf {
+    // SAFETY: DataDir is set by the postmaster before libraries load and never changes.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pgrx::pg_sys::DataDir) };
+    std::path::PathBuf::from(dir.to_string_lossy().into_owned())
+}
+
+pub fn cipher() -> Result<secret_vault_core::aead::Algorithm, crate::error::VaultError> {
+    let name = CIPHER.get().and_then(|c| c.into_string().ok()).unwrap_or_default();
+    secret_vault_core::aead::Algorithm::from_name(name.trim()).ok_or_else(|| {
+        crate::error::VaultError::Policy(secret_vault_core::PolicyError::Invalid(
+            "secret_vault.cipher must be 'aes-256-gcm-siv' or 'xchacha20-poly1305'".into(),
+        ))
+    })
+}
