@@ -207,7 +207,7 @@ fn resolve(group_name: &str, version: i32) -> Vec<u8> {
 #[pg_extern(volatile, strict, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn encrypt(group_name: &str, plaintext: &[u8], context: default!(&[u8], "''")) -> Vec<u8> {
-    let algorithm = guc::cipher().or_raise();
+    let algorithm = guc::cipher();
     Spi::connect(|client| -> VaultResult<Vec<u8>> {
         let group = catalog::group(client, group_name)?;
         require_purpose(&group, Purpose::Encrypt, "vault.encrypt")?;

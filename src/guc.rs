@@ -9,7 +9,15 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 pub static LOCAL_MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// AEAD used for new ciphertexts; old ones carry their own algorithm byte.
-pub static CIPHER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"aes-256-gcm-siv"));
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Cipher {
+    #[name = c"aes-256-gcm-siv"]
+    Aes256GcmSiv,
+    #[name = c"xchacha20-poly1305"]
+    XChaCha20Poly1305,
+}
+
+pub static CIPHER: GucSetting<Cipher> = GucSetting::<Cipher>::new(Cipher::Aes256GcmSiv);
 
 /// File name of the embedded default master key, relative to the data directory.
 pub const DEFAULT_LOCAL_KEY_FILE: &str = "secret_vault_master.key";
@@ -24,7 +32,7 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_string_guc(
+    GucRegistry::define_enum_guc(
         c"secret_vault.cipher",
         c"AEAD for new ciphertexts: aes-256-gcm-siv or xchacha20-poly1305.",
         c"Decryption reads the algorithm from each ciphertext, so changing this never breaks old data.",
@@ -54,11 +62,10 @@ pub fn data_directory() -> std::path::PathBuf {
     std::path::PathBuf::from(dir.to_string_lossy().into_owned())
 }
 
-pub fn cipher() -> Result<secret_vault_core::aead::Algorithm, crate::error::VaultError> {
-    let name = CIPHER.get().and_then(|c| c.into_string().ok()).unwrap_or_default();
-    secret_vault_core::aead::Algorithm::from_name(name.trim()).ok_or_else(|| {
-        crate::error::VaultError::Policy(secret_vault_core::PolicyError::Invalid(
-            "secret_vault.cipher must be 'aes-256-gcm-siv' or 'xchacha20-poly1305'".into(),
-        ))
-    })
+pub fn cipher() -> secret_vault_core::aead::Algorithm {
+    use secret_vault_core::aead::Algorithm;
+    match CIPHER.get() {
+        Cipher::Aes256GcmSiv => Algorithm::Aes256GcmSiv,
+        Cipher::XChaCha20Poly1305 => Algorithm::XChaCha20Poly1305,
+    }
 }

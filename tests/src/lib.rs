@@ -1,1 +1,176 @@
+//! Harness for integration tests: throwaway PostgreSQL 15 clusters on free
+//! loopback ports, run as the `postgres` user, with secret_vault installed in
+//! the system PostgreSQL (`make install`).
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub use postgres::{Client, NoTls};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Runs a PostgreSQL binary as the `postgres` user (initdb refuses root).
+pub fn as_postgres(program: &str, args: &[&str]) -> Output {
+    let path = if program.contains('/') { program.to_string() } else { format!("{PG_BIN}/{program}") };
+    let out = if is_root() {
+        Command::new("runuser").args(["-u", "postgres", "--", &path]).args(args).output()
+    } else {
+        Command::new(&path).args(args).output()
+    };
+    out.unwrap_or_else(|e| panic!("running {path}: {e}"))
+}
+
+fn must(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+impl Cluster {
+    /// A new, stopped cluster with secret_vault preloaded unless `preload` is false.
+    pub fn init(name: &str, preload: bool, extra_conf: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "secret_vault-it-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            must(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]).output().unwrap(), "chown");
+        }
+        let data = dir.join("data");
+        must(
+            as_postgres("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"]),
+            "initdb",
+        );
+        let port = free_port();
+        let mut conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n",
+            dir.display()
+        );
+        if preload {
+            conf.push_str("shared_preload_libraries = 'secret_vault'\n");
+        }
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        append(&data.join("postgresql.conf"), &conf);
+        Cluster { dir, data, port, running: false }
+    }
+
+    /// A started cluster with the extension created in database `postgres`.
+    pub fn start_with_extension(name: &str) -> Cluster {
+        let mut c = Cluster::init(name, true, &[]);
+        c.start();
+        c.client().batch_execute("CREATE EXTENSION secret_vault").unwrap();
+        c
+    }
+
+    pub fn conf(&self, line: &str) {
+        append(&self.data.join("postgresql.conf"), &format!("{line}\n"));
+    }
+
+    pub fn start(&mut self) {
+        let out = self.try_start();
+        must(out, "pg_ctl start");
+    }
+
+    pub fn try_start(&mut self) -> Output {
+        let log = self.dir.join("postgres.log");
+        let out = as_postgres(
+            "pg_ctl",
+            &["-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+        );
+        self.running = out.status.success();
+        out
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            as_postgres("pg_ctl", &["-D", self.data.to_str().unwrap(), "-w", "-m", "fast", "stop"]);
+            self.running = false;
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    pub fn conninfo(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=10", self.port)
+    }
+
+    pub fn client(&self) -> Client {
+        self.client_db("postgres")
+    }
+
+    pub fn client_db(&self, db: &str) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&self.conninfo(db), NoTls) {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("connect to {}: {e}", self.conninfo(db)),
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Runs a client program (pg_dump, pg_restore, psql) against this cluster.
+    pub fn run_tool(&self, program: &str, args: &[&str]) -> Output {
+        let port = self.port.to_string();
+        let mut full = vec!["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+        full.extend_from_slice(args);
+        must(as_postgres(program, &full), program)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            as_postgres("pg_ctl", &["-D", self.data.to_str().unwrap(), "-w", "-m", "immediate", "stop"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// The SQLSTATE and message of a database error.
+pub fn db_error(e: &postgres::Error) -> (String, String) {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("not a database error: {e}"));
+    (db.code().code().to_string(), db.message().to_string())
+}

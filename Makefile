@@ -1,0 +1,83 @@
+# secret_vault — the two commands: `make run` and `make test`.
+# Everything a fresh Debian 12 machine lacks is installed here, idempotently.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PG_CONFIG  ?= /usr/lib/postgresql/15/bin/pg_config
+PGRX_VER   := 0.18.0
+APT_PKGS   := postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo postgresql-15-cron
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: help deps deps-apt deps-pgrx install run demo psql stop test test-core test-pg test-regress test-integration clean-clusters lint
+
+help:
+	@echo "make run    install what is missing, build, start the dev cluster, show a demo"
+	@echo "make test   every test tier: core, pg_test, pg_regress, integration"
+	@echo "make psql | make stop | make bench"
+
+## ---- dependencies (skip what is present) ------------------------------------
+deps: deps-apt deps-pgrx
+
+deps-apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+deps-pgrx:
+	@if ! cargo pgrx --version 2>/dev/null | grep -q "$(PGRX_VER)"; then \
+	  echo "installing cargo-pgrx $(PGRX_VER) (about 10 minutes)"; \
+	  cargo install cargo-pgrx --version $(PGRX_VER) --locked; \
+	fi
+	@if ! grep -qs '^pg15 *= *"$(PG_CONFIG)"' $(HOME)/.pgrx/config.toml; then \
+	  cargo pgrx init --pg15 $(PG_CONFIG); \
+	fi
+
+## ---- build and the dev cluster ----------------------------------------------
+install: deps
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+run: install
+	scripts/dev.sh start
+	scripts/dev.sh demo
+
+demo:
+	scripts/dev.sh demo
+
+psql:
+	scripts/dev.sh psql
+
+stop:
+	scripts/dev.sh stop
+
+## ---- tests ------------------------------------------------------------------
+# pg_test installs a debug build into the system PostgreSQL, so it runs
+# before the release install that the regress and integration tiers use.
+test: deps
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory test-core; \
+	$(MAKE) --no-print-directory test-pg; \
+	$(MAKE) --no-print-directory install; \
+	$(MAKE) --no-print-directory test-regress; \
+	$(MAKE) --no-print-directory test-integration; \
+	echo "make test: all tiers passed in $$(( $$(date +%s) - start ))s"
+
+test-core:
+	cargo test -p secret_vault_core
+
+PGTEST_DIR := /tmp/secret_vault-pgtest
+test-pg: deps
+	rm -rf $(PGTEST_DIR) && mkdir -p $(PGTEST_DIR) && chown postgres:postgres $(PGTEST_DIR)
+	cargo pgrx test pg15 --runas postgres --pgdata $(PGTEST_DIR)/data
+
+test-regress:
+	scripts/regress.sh
+
+test-integration:
+	cargo test -p secret_vault_it -- --test-threads=2
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
