@@ -15,7 +15,6 @@
 
 use crate::aad::{self, GroupId};
 use crate::aead::{Algorithm, TAG_LEN};
-use crate::keys::KeyBytes;
 use crate::CryptoError;
 use zeroize::Zeroizing;
 
@@ -55,6 +54,10 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, CryptoError> {
     Ok(Parsed { algorithm, key_version, header, nonce, sealed })
 }
 
+fn aead_key(key: &[u8]) -> Result<&[u8; 32], CryptoError> {
+    key.try_into().map_err(|_| CryptoError::KeyLength { expected: 32, actual: key.len() })
+}
+
 fn header(algorithm: Algorithm, key_version: u32) -> [u8; HEADER_LEN] {
     let v = key_version.to_be_bytes();
     [FORMAT_V1, algorithm.id(), v[0], v[1], v[2], v[3]]
@@ -64,7 +67,7 @@ fn header(algorithm: Algorithm, key_version: u32) -> [u8; HEADER_LEN] {
 /// bound to `context`.
 pub fn encrypt(
     algorithm: Algorithm,
-    key: &KeyBytes,
+    key: &[u8],
     key_version: u32,
     group: &GroupId,
     context: &[u8],
@@ -73,7 +76,7 @@ pub fn encrypt(
     if key_version == 0 {
         return Err(CryptoError::ZeroVersion);
     }
-    let key = key.as_aead_key()?;
+    let key = aead_key(key)?;
     let header = header(algorithm, key_version);
     let nonce = algorithm.random_nonce();
     let sealed = algorithm.seal(key, &nonce, &aad::data(&header, group, context), plaintext)?;
@@ -88,11 +91,11 @@ pub fn encrypt(
 /// The plaintext comes back in a zeroizing buffer.
 pub fn decrypt(
     parsed: &Parsed<'_>,
-    key: &KeyBytes,
+    key: &[u8],
     group: &GroupId,
     context: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let key = key.as_aead_key()?;
+    let key = aead_key(key)?;
     let aad = aad::data(parsed.header, group, context);
     parsed.algorithm.open(key, parsed.nonce, &aad, parsed.sealed).map(Zeroizing::new)
 }
@@ -100,6 +103,7 @@ pub fn decrypt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KeyBytes;
     use proptest::prelude::*;
 
     const G1: GroupId = [0x11; 16];
@@ -108,18 +112,18 @@ mod tests {
 
     fn roundtrip(alg: Algorithm, pt: &[u8], ctx: &[u8]) -> (KeyBytes, Vec<u8>) {
         let key = KeyBytes::random(32);
-        let ct = encrypt(alg, &key, 7, &G1, ctx, pt).unwrap();
+        let ct = encrypt(alg, key.as_bytes(), 7, &G1, ctx, pt).unwrap();
         let parsed = parse(&ct).unwrap();
         assert_eq!(parsed.key_version, 7);
         assert_eq!(parsed.algorithm, alg);
-        assert_eq!(&decrypt(&parsed, &key, &G1, ctx).unwrap()[..], pt);
+        assert_eq!(&decrypt(&parsed, key.as_bytes(), &G1, ctx).unwrap()[..], pt);
         (key, ct)
     }
 
     #[test]
     fn layout_is_format_algorithm_version_nonce_sealed() {
         let key = KeyBytes::random(32);
-        let ct = encrypt(Algorithm::XChaCha20Poly1305, &key, 0x01020304, &G1, b"", b"abc").unwrap();
+        let ct = encrypt(Algorithm::XChaCha20Poly1305, key.as_bytes(), 0x01020304, &G1, b"", b"abc").unwrap();
         assert_eq!(&ct[..6], &[FORMAT_V1, 2, 1, 2, 3, 4]);
         assert_eq!(ct.len(), 6 + 24 + 3 + 16);
     }
@@ -145,7 +149,7 @@ mod tests {
             let (_, ct) = roundtrip(alg, b"secret", b"");
             let other = KeyBytes::random(32);
             assert_eq!(
-                decrypt(&parse(&ct).unwrap(), &other, &G1, b"").unwrap_err(),
+                decrypt(&parse(&ct).unwrap(), other.as_bytes(), &G1, b"").unwrap_err(),
                 CryptoError::AuthenticationFailed
             );
         }
@@ -155,7 +159,7 @@ mod tests {
     fn non_32_byte_key_is_refused() {
         let key = KeyBytes::random(16);
         assert!(matches!(
-            encrypt(Algorithm::DEFAULT, &key, 1, &G1, b"", b"x"),
+            encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, b"", b"x"),
             Err(CryptoError::KeyLength { .. })
         ));
     }
@@ -179,7 +183,7 @@ mod tests {
             // A flip may make the input unparsable (format/algorithm byte) or
             // name another version; either way it must never decrypt.
             if let Ok(p) = parse(&ct) {
-                prop_assert!(decrypt(&p, &key, &G1, b"ctx").is_err());
+                prop_assert!(decrypt(&p, key.as_bytes(), &G1, b"ctx").is_err());
             }
         }
 
@@ -189,7 +193,7 @@ mod tests {
             let (key, ct) = roundtrip(ALGS[alg_i], &pt, b"");
             let len = cut.index(ct.len());
             if let Ok(p) = parse(&ct[..len]) {
-                prop_assert!(decrypt(&p, &key, &G1, b"").is_err());
+                prop_assert!(decrypt(&p, key.as_bytes(), &G1, b"").is_err());
             }
         }
 
@@ -198,14 +202,14 @@ mod tests {
                                                 alg_i in 0usize..2, v in 1u32..u32::MAX) {
             let (key, ct) = roundtrip(ALGS[alg_i], &pt, b"ctx");
             let p = parse(&ct).unwrap();
-            prop_assert_eq!(decrypt(&p, &key, &G2, b"ctx").unwrap_err(), CryptoError::AuthenticationFailed);
-            prop_assert_eq!(decrypt(&p, &key, &G1, b"ctx2").unwrap_err(), CryptoError::AuthenticationFailed);
-            prop_assert_eq!(decrypt(&p, &key, &G1, b"").unwrap_err(), CryptoError::AuthenticationFailed);
+            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G2, b"ctx").unwrap_err(), CryptoError::AuthenticationFailed);
+            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, b"ctx2").unwrap_err(), CryptoError::AuthenticationFailed);
+            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, b"").unwrap_err(), CryptoError::AuthenticationFailed);
             if v != 7 {
                 let mut moved = ct.clone();
                 moved[2..6].copy_from_slice(&v.to_be_bytes());
                 let p = parse(&moved).unwrap();
-                prop_assert_eq!(decrypt(&p, &key, &G1, b"ctx").unwrap_err(), CryptoError::AuthenticationFailed);
+                prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, b"ctx").unwrap_err(), CryptoError::AuthenticationFailed);
             }
         }
 

@@ -7,6 +7,7 @@
 
 pub mod aad;
 pub mod aead;
+pub mod cache;
 pub mod error;
 pub mod format;
 pub mod keys;

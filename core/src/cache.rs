@@ -1,0 +1,603 @@
+//! The ring cache: unwrapped ring keys in one fixed-size region that every
+//! backend maps (PostgreSQL shared memory in production, a `Vec` in tests).
+//!
+//! This module knows the layout and the rules, not the locking: the caller
+//! holds a shared lock around the read methods (`&self`) and an exclusive
+//! lock around the write methods (`&mut self`). Counters and the LRU clock
+//! are atomics, so readers may bump them under a shared lock.
+//!
+//! Layout: `[Header][hash of slot 0..n][slot 0][slot 1]...` where a slot is
+//! `[SlotMeta][Entry; versions]`. A zero hash marks an empty slot.
+
+use std::mem::size_of;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use zeroize::Zeroize;
+
+pub const MAX_KEY: usize = crate::policy::MAX_EXPORT_KEY_BYTES as usize;
+pub const MAX_NAME: usize = crate::policy::MAX_NAME_LEN;
+const MAGIC: u64 = 0x7365_6372_6574_7631; // "secretv1"
+
+/// Counters since server start, shown by `vault.stats()`.
+#[repr(C)]
+#[derive(Default)]
+pub struct Counters {
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub evictions: AtomicU64,
+    pub kms_calls: AtomicU64,
+    pub rotations: AtomicU64,
+    pub invalidations: AtomicU64,
+    pub fills: AtomicU64,
+    pub worker_runs: AtomicU64,
+    pub worker_errors: AtomicU64,
+    pub worker_pid: AtomicI64,
+    /// PostgreSQL timestamps (µs since 2000-01-01); 0 = never.
+    pub worker_last_run: AtomicI64,
+    pub worker_last_error_at: AtomicI64,
+}
+
+pub const LAST_ERROR_LEN: usize = 256;
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    slots: u64,
+    versions: u64,
+    epoch: AtomicU64,
+    clock: AtomicU64,
+    counters: Counters,
+    last_error_len: u64,
+    last_error: [u8; LAST_ERROR_LEN],
+}
+
+#[repr(C)]
+struct SlotMeta {
+    name_len: u32,
+    purpose: u32,
+    key_bytes: u32,
+    entries: u32,
+    window_low: i32,
+    max_version: i32,
+    change_seq: i64,
+    last_used: AtomicU64,
+    group_id: [u8; 16],
+    name: [u8; MAX_NAME + 1],
+}
+
+#[repr(C)]
+struct Entry {
+    version: i32,
+    retired: u32,
+    activates_at: i64,
+    key_len: u32,
+    _pad: u32,
+    key: [u8; MAX_KEY],
+}
+
+const fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// Key bytes copied out of the cache; wiped when dropped.
+pub struct KeyBuf {
+    len: usize,
+    bytes: [u8; MAX_KEY],
+}
+
+impl KeyBuf {
+    pub fn new() -> Self {
+        KeyBuf { len: 0, bytes: [0; MAX_KEY] }
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+    pub fn set(&mut self, key: &[u8]) {
+        self.bytes[..key.len()].copy_from_slice(key);
+        self.len = key.len();
+    }
+}
+
+impl Default for KeyBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for KeyBuf {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+/// What a group's slot says, besides its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub group_id: [u8; 16],
+    pub purpose: u8,
+    pub key_bytes: u32,
+    pub change_seq: i64,
+}
+
+/// Outcome of a cache probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The key was copied out; the version is given.
+    Hit(i32),
+    /// The version is in the cached window and retired.
+    Retired,
+    /// The cache cannot answer; ask storage.
+    Miss,
+}
+
+/// One version to store in a slot. `key` is None for retired versions.
+pub struct FillEntry<'a> {
+    pub version: i32,
+    pub activates_at: i64,
+    pub retired: bool,
+    pub key: Option<&'a [u8]>,
+}
+
+/// A group's newest versions as loaded from storage.
+pub struct Fill<'a> {
+    pub name: &'a str,
+    pub info: SlotInfo,
+    /// Every version from `window_low` to the newest is in `entries`.
+    pub window_low: i32,
+    pub entries: &'a [FillEntry<'a>],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    Filled { evicted: bool },
+    /// An invalidation happened since the caller read the epoch: the loaded
+    /// data may predate it, so it was not stored.
+    Stale,
+    /// Too large for this cache (name, key or too many versions).
+    Unfit,
+}
+
+/// A view of the region. Cheap to build; holds only the base pointer.
+pub struct RingCache {
+    base: *mut u8,
+    slots: usize,
+    versions: usize,
+}
+
+// The region is process-shared memory guarded by the caller's lock.
+unsafe impl Send for RingCache {}
+unsafe impl Sync for RingCache {}
+
+pub fn name_hash(name: &str) -> u64 {
+    // FNV-1a: names are chosen by administrators, not attackers, and the
+    // index is scanned linearly anyway; 0 is reserved for "empty".
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+impl RingCache {
+    fn header_size() -> usize {
+        align8(size_of::<Header>())
+    }
+    fn slot_stride(versions: usize) -> usize {
+        align8(size_of::<SlotMeta>()) + versions * align8(size_of::<Entry>())
+    }
+
+    /// Bytes needed for `slots` groups of `versions` versions each.
+    pub fn region_size(slots: usize, versions: usize) -> usize {
+        Self::header_size() + align8(slots * 8) + slots * Self::slot_stride(versions)
+    }
+
+    /// Offset and length of the part of the region that holds key bytes,
+    /// for `madvise`/`mlock` (the whole region, in practice).
+    pub fn key_area(slots: usize, versions: usize) -> (usize, usize) {
+        let start = Self::header_size() + align8(slots * 8);
+        (start, slots * Self::slot_stride(versions))
+    }
+
+    /// # Safety
+    /// `base` must point to `region_size(slots, versions)` bytes, 8-aligned,
+    /// valid for the life of the returned view. With `initialize`, the caller
+    /// must be the only user of the region.
+    pub unsafe fn attach(base: *mut u8, slots: usize, versions: usize, initialize: bool) -> Self {
+        let cache = RingCache { base, slots, versions };
+        if initialize {
+            std::ptr::write_bytes(base, 0, Self::region_size(slots, versions));
+            let h = &mut *(base as *mut Header);
+            h.magic = MAGIC;
+            h.slots = slots as u64;
+            h.versions = versions as u64;
+        }
+        cache
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.header().magic == MAGIC
+    }
+
+    fn header(&self) -> &Header {
+        unsafe { &*(self.base as *const Header) }
+    }
+    fn header_mut(&mut self) -> &mut Header {
+        unsafe { &mut *(self.base as *mut Header) }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.header().counters
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+    pub fn versions(&self) -> usize {
+        self.versions
+    }
+
+    /// The invalidation epoch: read it before loading from storage and pass
+    /// it to `fill`.
+    pub fn epoch(&self) -> u64 {
+        self.header().epoch.load(Ordering::Acquire)
+    }
+
+    fn hashes(&self) -> *mut u64 {
+        unsafe { self.base.add(Self::header_size()) as *mut u64 }
+    }
+    fn hash_at(&self, i: usize) -> u64 {
+        unsafe { *self.hashes().add(i) }
+    }
+    fn set_hash(&mut self, i: usize, h: u64) {
+        unsafe { *self.hashes().add(i) = h }
+    }
+    fn slot_ptr(&self, i: usize) -> *mut u8 {
+        debug_assert!(i < self.slots);
+        let first = Self::header_size() + align8(self.slots * 8);
+        unsafe { self.base.add(first + i * Self::slot_stride(self.versions)) }
+    }
+    fn meta(&self, i: usize) -> &SlotMeta {
+        unsafe { &*(self.slot_ptr(i) as *const SlotMeta) }
+    }
+    fn meta_mut(&mut self, i: usize) -> &mut SlotMeta {
+        unsafe { &mut *(self.slot_ptr(i) as *mut SlotMeta) }
+    }
+    fn entry(&self, i: usize, j: usize) -> &Entry {
+        unsafe {
+            let p = self.slot_ptr(i).add(align8(size_of::<SlotMeta>()) + j * align8(size_of::<Entry>()));
+            &*(p as *const Entry)
+        }
+    }
+    fn entry_mut(&mut self, i: usize, j: usize) -> &mut Entry {
+        unsafe {
+            let p = self.slot_ptr(i).add(align8(size_of::<SlotMeta>()) + j * align8(size_of::<Entry>()));
+            &mut *(p as *mut Entry)
+        }
+    }
+
+    fn slot_name(&self, i: usize) -> &[u8] {
+        let m = self.meta(i);
+        &m.name[..m.name_len as usize]
+    }
+
+    /// Slot index of `name`, touching it for LRU.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        let h = name_hash(name);
+        let found = (0..self.slots).find(|&i| self.hash_at(i) == h && self.slot_name(i) == name.as_bytes())?;
+        let tick = self.header().clock.fetch_add(1, Ordering::Relaxed) + 1;
+        self.meta(found).last_used.store(tick, Ordering::Relaxed);
+        Some(found)
+    }
+
+    pub fn info(&self, slot: usize) -> SlotInfo {
+        let m = self.meta(slot);
+        SlotInfo { group_id: m.group_id, purpose: m.purpose as u8, key_bytes: m.key_bytes, change_seq: m.change_seq }
+    }
+
+    /// The current version at `now` (newest active, unretired), copied to `out`.
+    pub fn current(&self, slot: usize, now: i64, out: &mut KeyBuf) -> Probe {
+        let m = self.meta(slot);
+        let best = (0..m.entries as usize)
+            .map(|j| self.entry(slot, j))
+            .filter(|e| e.retired == 0 && e.activates_at <= now && e.key_len > 0)
+            .max_by_key(|e| e.version);
+        match best {
+            Some(e) => {
+                out.set(&e.key[..e.key_len as usize]);
+                Probe::Hit(e.version)
+            }
+            // Older versions outside the window might qualify: storage decides.
+            None => Probe::Miss,
+        }
+    }
+
+    /// The key of `version`, if it is inside the cached window.
+    pub fn at_version(&self, slot: usize, version: i32, out: &mut KeyBuf) -> Probe {
+        let m = self.meta(slot);
+        if version < m.window_low || version > m.max_version {
+            return Probe::Miss;
+        }
+        match (0..m.entries as usize).map(|j| self.entry(slot, j)).find(|e| e.version == version) {
+            Some(e) if e.retired != 0 => Probe::Retired,
+            Some(e) if e.key_len > 0 => {
+                out.set(&e.key[..e.key_len as usize]);
+                Probe::Hit(version)
+            }
+            _ => Probe::Miss,
+        }
+    }
+
+    /// Every cached group with the change sequence it was loaded at.
+    pub fn cached_groups(&self) -> Vec<(String, i64)> {
+        (0..self.slots)
+            .filter(|&i| self.hash_at(i) != 0)
+            .map(|i| (String::from_utf8_lossy(self.slot_name(i)).into_owned(), self.meta(i).change_seq))
+            .collect()
+    }
+
+    fn wipe_slot(&mut self, i: usize) {
+        self.set_hash(i, 0);
+        for j in 0..self.versions {
+            let e = self.entry_mut(i, j);
+            e.key.zeroize();
+            e.key_len = 0;
+            e.version = 0;
+            e.retired = 0;
+            e.activates_at = 0;
+        }
+        let m = self.meta_mut(i);
+        m.name.zeroize();
+        m.name_len = 0;
+        m.entries = 0;
+        m.group_id = [0; 16];
+    }
+
+    fn bump_epoch(&mut self) {
+        self.header_mut().epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops `name` from the cache (wiping its keys) and bumps the epoch so
+    /// that no load begun before now can store older data.
+    pub fn invalidate(&mut self, name: &str) -> bool {
+        self.bump_epoch();
+        self.counters().invalidations.fetch_add(1, Ordering::Relaxed);
+        match self.find(name) {
+            Some(i) => {
+                self.wipe_slot(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn invalidate_all(&mut self) {
+        self.bump_epoch();
+        self.counters().invalidations.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.slots {
+            if self.hash_at(i) != 0 {
+                self.wipe_slot(i);
+            }
+        }
+    }
+
+    /// Stores a loaded group, replacing its old slot or evicting the least
+    /// recently used one. Refuses data loaded before the last invalidation.
+    pub fn fill(&mut self, expected_epoch: u64, fill: &Fill<'_>) -> FillOutcome {
+        if self.epoch() != expected_epoch {
+            return FillOutcome::Stale;
+        }
+        if fill.name.len() > MAX_NAME
+            || fill.entries.len() > self.versions
+            || fill.entries.iter().any(|e| e.key.is_some_and(|k| k.len() > MAX_KEY))
+            || self.slots == 0
+        {
+            return FillOutcome::Unfit;
+        }
+        let mut evicted = false;
+        let slot = match self.find(fill.name) {
+            Some(i) => i,
+            None => match (0..self.slots).find(|&i| self.hash_at(i) == 0) {
+                Some(i) => i,
+                None => {
+                    let victim = (0..self.slots)
+                        .min_by_key(|&i| self.meta(i).last_used.load(Ordering::Relaxed))
+                        .expect("at least one slot");
+                    evicted = true;
+                    self.counters().evictions.fetch_add(1, Ordering::Relaxed);
+                    victim
+                }
+            },
+        };
+        self.wipe_slot(slot);
+        for (j, f) in fill.entries.iter().enumerate() {
+            let e = self.entry_mut(slot, j);
+            e.version = f.version;
+            e.retired = f.retired as u32;
+            e.activates_at = f.activates_at;
+            match f.key {
+                Some(k) if !f.retired => {
+                    e.key[..k.len()].copy_from_slice(k);
+                    e.key_len = k.len() as u32;
+                }
+                _ => e.key_len = 0,
+            }
+        }
+        let tick = self.header().clock.fetch_add(1, Ordering::Relaxed) + 1;
+        let m = self.meta_mut(slot);
+        m.name[..fill.name.len()].copy_from_slice(fill.name.as_bytes());
+        m.name_len = fill.name.len() as u32;
+        m.purpose = fill.info.purpose as u32;
+        m.key_bytes = fill.info.key_bytes;
+        m.group_id = fill.info.group_id;
+        m.change_seq = fill.info.change_seq;
+        m.entries = fill.entries.len() as u32;
+        m.window_low = fill.window_low;
+        m.max_version = fill.entries.iter().map(|e| e.version).max().unwrap_or(0);
+        m.last_used.store(tick, Ordering::Relaxed);
+        self.set_hash(slot, name_hash(fill.name));
+        self.counters().fills.fetch_add(1, Ordering::Relaxed);
+        FillOutcome::Filled { evicted }
+    }
+
+    /// The worker's last error message (caller holds the lock).
+    pub fn last_error(&self) -> String {
+        let h = self.header();
+        String::from_utf8_lossy(&h.last_error[..h.last_error_len as usize]).into_owned()
+    }
+
+    pub fn set_last_error(&mut self, msg: &str) {
+        let mut n = msg.len().min(LAST_ERROR_LEN);
+        while !msg.is_char_boundary(n) {
+            n -= 1;
+        }
+        let h = self.header_mut();
+        h.last_error[..n].copy_from_slice(&msg.as_bytes()[..n]);
+        h.last_error_len = n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Region {
+        _mem: Vec<u64>,
+        cache: RingCache,
+    }
+
+    fn region(slots: usize, versions: usize) -> Region {
+        let size = RingCache::region_size(slots, versions);
+        let mut mem = vec![0u64; size / 8 + 1];
+        let cache = unsafe { RingCache::attach(mem.as_mut_ptr() as *mut u8, slots, versions, true) };
+        Region { _mem: mem, cache }
+    }
+
+    fn info(id: u8) -> SlotInfo {
+        SlotInfo { group_id: [id; 16], purpose: 1, key_bytes: 32, change_seq: id as i64 }
+    }
+
+    fn fill_group(c: &mut RingCache, name: &str, id: u8, keys: &[(i32, i64, bool, [u8; 32])]) -> FillOutcome {
+        let entries: Vec<FillEntry<'_>> = keys
+            .iter()
+            .map(|(v, at, retired, k)| FillEntry { version: *v, activates_at: *at, retired: *retired, key: Some(&k[..]) })
+            .collect();
+        let low = keys.iter().map(|k| k.0).min().unwrap_or(1);
+        let epoch = c.epoch();
+        c.fill(epoch, &Fill { name, info: info(id), window_low: low, entries: &entries })
+    }
+
+    fn region_contains(r: &Region, needle: &[u8]) -> bool {
+        let bytes = unsafe {
+            std::slice::from_raw_parts(r._mem.as_ptr() as *const u8, r._mem.len() * 8)
+        };
+        bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn current_is_newest_active_version_and_pending_ones_wait_for_their_time() {
+        let mut r = region(4, 4);
+        let c = &mut r.cache;
+        fill_group(c, "g", 1, &[(1, 0, false, [1; 32]), (2, 100, false, [2; 32])]);
+        let slot = c.find("g").unwrap();
+        let mut out = KeyBuf::new();
+        assert_eq!(c.current(slot, 99, &mut out), Probe::Hit(1));
+        assert_eq!(out.as_slice(), &[1; 32]);
+        assert_eq!(c.current(slot, 100, &mut out), Probe::Hit(2));
+        assert_eq!(out.as_slice(), &[2; 32]);
+    }
+
+    #[test]
+    fn versions_outside_the_window_are_misses_and_retired_ones_say_so() {
+        let mut r = region(2, 4);
+        let c = &mut r.cache;
+        let entries = [
+            FillEntry { version: 3, activates_at: 0, retired: true, key: None },
+            FillEntry { version: 4, activates_at: 0, retired: false, key: Some(&[4u8; 32][..]) },
+        ];
+        let e = c.epoch();
+        c.fill(e, &Fill { name: "g", info: info(1), window_low: 3, entries: &entries });
+        let s = c.find("g").unwrap();
+        let mut out = KeyBuf::new();
+        assert_eq!(c.at_version(s, 2, &mut out), Probe::Miss);
+        assert_eq!(c.at_version(s, 3, &mut out), Probe::Retired);
+        assert_eq!(c.at_version(s, 4, &mut out), Probe::Hit(4));
+        assert_eq!(c.at_version(s, 5, &mut out), Probe::Miss);
+    }
+
+    #[test]
+    fn full_cache_evicts_the_least_recently_used_group_and_wipes_its_keys() {
+        let mut r = region(2, 2);
+        fill_group(&mut r.cache, "a", 1, &[(1, 0, false, [0xA1; 32])]);
+        fill_group(&mut r.cache, "b", 2, &[(1, 0, false, [0xB1; 32])]);
+        // Touch "a" so "b" is the least recently used.
+        assert!(r.cache.find("a").is_some());
+        assert_eq!(fill_group(&mut r.cache, "c", 3, &[(1, 0, false, [0xC1; 32])]), FillOutcome::Filled { evicted: true });
+        assert!(r.cache.find("b").is_none());
+        assert!(r.cache.find("a").is_some() && r.cache.find("c").is_some());
+        assert_eq!(r.cache.counters().evictions.load(Ordering::Relaxed), 1);
+        assert!(!region_contains(&r, &[0xB1; 32]), "evicted key bytes must be zeroed");
+        assert!(region_contains(&r, &[0xA1; 32]));
+    }
+
+    #[test]
+    fn invalidation_wipes_the_slot_and_rejects_loads_begun_before_it() {
+        let mut r = region(4, 2);
+        fill_group(&mut r.cache, "g", 1, &[(1, 0, false, [0x77; 32])]);
+        let before = r.cache.epoch();
+        assert!(r.cache.invalidate("g"));
+        assert!(r.cache.find("g").is_none());
+        assert!(!region_contains(&r, &[0x77; 32]));
+        let k = [0x78u8; 32];
+        let entries = [FillEntry { version: 1, activates_at: 0, retired: false, key: Some(&k[..]) }];
+        let fill = Fill { name: "g", info: info(1), window_low: 1, entries: &entries };
+        assert_eq!(r.cache.fill(before, &fill), FillOutcome::Stale);
+        assert!(r.cache.find("g").is_none());
+        let now = r.cache.epoch();
+        assert_eq!(r.cache.fill(now, &fill), FillOutcome::Filled { evicted: false });
+    }
+
+    #[test]
+    fn refill_replaces_the_same_slot_and_keeps_other_groups() {
+        let mut r = region(3, 2);
+        fill_group(&mut r.cache, "a", 1, &[(1, 0, false, [1; 32])]);
+        fill_group(&mut r.cache, "b", 2, &[(1, 0, false, [2; 32])]);
+        fill_group(&mut r.cache, "a", 1, &[(1, 0, false, [1; 32]), (2, 0, false, [3; 32])]);
+        let mut names: Vec<_> = r.cache.cached_groups().into_iter().map(|g| g.0).collect();
+        names.sort();
+        assert_eq!(names, vec!["a", "b"]);
+        let s = r.cache.find("a").unwrap();
+        let mut out = KeyBuf::new();
+        assert_eq!(r.cache.current(s, 0, &mut out), Probe::Hit(2));
+    }
+
+    #[test]
+    fn oversized_fills_are_refused_not_truncated() {
+        let mut r = region(1, 1);
+        let two = [(1, 0, false, [1; 32]), (2, 0, false, [2; 32])];
+        assert_eq!(fill_group(&mut r.cache, "g", 1, &two), FillOutcome::Unfit);
+        let long = "x".repeat(MAX_NAME + 1);
+        assert_eq!(fill_group(&mut r.cache, &long, 1, &two[..1]), FillOutcome::Unfit);
+    }
+
+    #[test]
+    fn names_with_equal_hashes_are_told_apart_by_bytes() {
+        let mut r = region(2, 1);
+        fill_group(&mut r.cache, "g", 1, &[(1, 0, false, [1; 32])]);
+        assert!(r.cache.find("h").is_none());
+        assert!(r.cache.find("g").is_some());
+    }
+
+    #[test]
+    fn last_error_is_truncated_on_a_char_boundary() {
+        let mut r = region(1, 1);
+        let msg = "é".repeat(200);
+        r.cache.set_last_error(&msg);
+        let got = r.cache.last_error();
+        assert!(got.len() <= LAST_ERROR_LEN && msg.starts_with(&got));
+    }
+}
