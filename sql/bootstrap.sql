@@ -24,6 +24,10 @@ CREATE TABLE vault.kms_keys (
 CREATE UNIQUE INDEX kms_keys_one_default ON vault.kms_keys (is_default) WHERE is_default;
 INSERT INTO vault.kms_keys (name, provider, is_default) VALUES ('local', 'local', true);
 
+-- Every change to a group takes a new value, so the cache can tell what it
+-- holds from what the tables say (standbys, subscribers, restores).
+CREATE SEQUENCE vault.change_seq;
+
 -- Key groups: named rings of versioned keys.
 CREATE TABLE vault.key_groups (
     id                 uuid PRIMARY KEY,
@@ -37,8 +41,10 @@ CREATE TABLE vault.key_groups (
     last_version       int NOT NULL CHECK (last_version >= 1),
     created_at         timestamptz NOT NULL,
     last_rotated_at    timestamptz NOT NULL,
-    next_rotation_at   timestamptz
+    next_rotation_at   timestamptz,
+    change_seq         bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
 );
+CREATE INDEX key_groups_due ON vault.key_groups (next_rotation_at) WHERE next_rotation_at IS NOT NULL;
 
 -- Ring keys, only ever stored wrapped by a KMS master key. kms_key_id is the
 -- resolved id of the master key that wrapped the row (ARN, transit key and
@@ -59,6 +65,7 @@ CREATE TABLE vault.ring_keys (
 SELECT pg_catalog.pg_extension_config_dump('vault.kms_keys', 'WHERE name <> ''local''');
 SELECT pg_catalog.pg_extension_config_dump('vault.key_groups', '');
 SELECT pg_catalog.pg_extension_config_dump('vault.ring_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.change_seq', '');
 
 CREATE VIEW vault.groups AS
 SELECT g.name,

@@ -16,7 +16,8 @@ GRANT EXECUTE ON FUNCTION
     vault.create_group(text, text, interval, interval, int, int, text),
     vault.rotate(text),
     vault.retire(text, int),
-    vault.drop_group(text)
+    vault.drop_group(text),
+    vault.stats()
   TO vault_admin;
 
 GRANT SELECT ON vault.groups, vault.group_versions TO vault_reader, vault_admin;

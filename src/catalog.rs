@@ -1,6 +1,8 @@
-//! All SQL the extension runs against its own tables. Callers are
-//! `SECURITY DEFINER` functions with `search_path = pg_catalog, pg_temp`, so
-//! every name here is schema-qualified and operators resolve in pg_catalog.
+//! All SQL the extension runs against its own tables.
+//!
+//! Some callers are SECURITY INVOKER hot-path functions running under the
+//! caller's search_path, so every table, operator and function here is
+//! schema-qualified: nothing a caller creates can be picked up instead.
 
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -19,23 +21,29 @@ pub struct GroupRow {
     pub kms_key: String,
     pub kms_provider: String,
     pub key_bytes: i32,
+    pub ring_size: i32,
     pub last_version: i32,
+    pub change_seq: i64,
 }
 
 #[derive(Debug)]
 pub struct KeyRow {
     pub version: i32,
+    pub activates_at: i64,
+    pub retired: bool,
     pub kms_key_id: String,
     pub wrapped: Vec<u8>,
-    pub retired: bool,
 }
 
 /// Wall-clock time: rotation and activation follow real time, not the start
 /// of the caller's transaction.
 pub fn clock() -> TimestampWithTimeZone {
+    TimestampWithTimeZone::try_from(now_micros()).expect("the clock is a finite timestamp")
+}
+
+pub fn now_micros() -> i64 {
     // SAFETY: GetCurrentTimestamp only reads the clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    TimestampWithTimeZone::try_from(now).expect("the clock is a finite timestamp")
+    unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
 fn uuid(id: &GroupId) -> Uuid {
@@ -46,46 +54,81 @@ fn required<T>(v: Option<T>, what: &str) -> VaultResult<T> {
     v.ok_or_else(|| VaultError::Internal(format!("catalog row has NULL {what}")))
 }
 
-pub fn load_group(client: &SpiClient<'_>, name: &str) -> VaultResult<Option<GroupRow>> {
-    let rows = client.select(
-        "SELECT g.id, g.purpose, g.kms_key, k.provider, g.key_bytes, g.last_version
-           FROM vault.key_groups g
-           JOIN vault.kms_keys k ON k.name = g.kms_key
-          WHERE g.name = $1",
-        Some(1),
-        &[name.into()],
-    )?;
-    let Some(row) = rows.into_iter().next() else { return Ok(None) };
+const GROUP_COLUMNS: &str = "g.id, g.purpose, g.kms_key, k.provider, g.key_bytes, g.ring_size, g.last_version, g.change_seq, g.name";
+
+fn group_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<GroupRow> {
     let id: Uuid = required(row.get(1)?, "id")?;
     let purpose: String = required(row.get(2)?, "purpose")?;
-    Ok(Some(GroupRow {
+    Ok(GroupRow {
         id: *id.as_bytes(),
-        name: name.to_string(),
         purpose: Purpose::parse(&purpose)?,
         kms_key: required(row.get(3)?, "kms_key")?,
         kms_provider: required(row.get(4)?, "provider")?,
         key_bytes: required(row.get(5)?, "key_bytes")?,
-        last_version: required(row.get(6)?, "last_version")?,
-    }))
+        ring_size: required(row.get(6)?, "ring_size")?,
+        last_version: required(row.get(7)?, "last_version")?,
+        change_seq: required(row.get(8)?, "change_seq")?,
+        name: required(row.get(9)?, "name")?,
+    })
+}
+
+pub fn load_group(client: &SpiClient<'_>, name: &str) -> VaultResult<Option<GroupRow>> {
+    let rows = client.select(
+        &format!(
+            "SELECT {GROUP_COLUMNS}
+               FROM vault.key_groups g
+               JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
+              WHERE g.name OPERATOR(pg_catalog.=) $1"
+        ),
+        Some(1),
+        &[name.into()],
+    )?;
+    rows.into_iter().next().map(group_row).transpose()
 }
 
 pub fn group(client: &SpiClient<'_>, name: &str) -> VaultResult<GroupRow> {
     load_group(client, name)?.ok_or_else(|| VaultError::GroupNotFound(name.to_string()))
 }
 
+/// Groups whose scheduled rotation is due at `now`, oldest due first.
+pub fn due_groups(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> VaultResult<Vec<(GroupRow, TimestampWithTimeZone)>> {
+    let rows = client.select(
+        &format!(
+            "SELECT {GROUP_COLUMNS}, g.next_rotation_at
+               FROM vault.key_groups g
+               JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
+              WHERE g.next_rotation_at OPERATOR(pg_catalog.<=) $1
+              ORDER BY g.next_rotation_at
+              LIMIT $2"
+        ),
+        None,
+        &[now.into(), limit.into()],
+    )?;
+    rows.into_iter()
+        .map(|row| {
+            let due: TimestampWithTimeZone = required(row.get(10)?, "next_rotation_at")?;
+            Ok((group_row(row)?, due))
+        })
+        .collect()
+}
+
+/// Every group's name and change sequence, for reconciling the cache.
+pub fn group_sequences(client: &SpiClient<'_>) -> VaultResult<Vec<(String, i64)>> {
+    let rows = client.select("SELECT name, change_seq FROM vault.key_groups ORDER BY last_rotated_at DESC", None, &[])?;
+    rows.into_iter()
+        .map(|row| Ok((required(row.get(1)?, "name")?, required(row.get(2)?, "change_seq")?)))
+        .collect()
+}
+
 /// The registered KMS key to use: the named one, or the default.
 pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResult<(String, String)> {
     let rows = match name {
         Some(n) => client.select(
-            "SELECT name, provider FROM vault.kms_keys WHERE name = $1",
+            "SELECT name, provider FROM vault.kms_keys WHERE name OPERATOR(pg_catalog.=) $1",
             Some(1),
             &[n.into()],
         )?,
-        None => client.select(
-            "SELECT name, provider FROM vault.kms_keys WHERE is_default",
-            Some(1),
-            &[],
-        )?,
+        None => client.select("SELECT name, provider FROM vault.kms_keys WHERE is_default", Some(1), &[])?,
     };
     match rows.into_iter().next() {
         Some(row) => Ok((required(row.get(1)?, "name")?, required(row.get(2)?, "provider")?)),
@@ -93,23 +136,44 @@ pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResul
     }
 }
 
+const KEY_COLUMNS: &str = "version, activates_at, retired_at IS NOT NULL, kms_key_id, wrapped_key";
+
 fn key_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<KeyRow> {
+    let at: TimestampWithTimeZone = required(row.get(2)?, "activates_at")?;
     Ok(KeyRow {
         version: required(row.get(1)?, "version")?,
-        kms_key_id: required(row.get(2)?, "kms_key_id")?,
-        wrapped: required(row.get(3)?, "wrapped_key")?,
-        retired: required(row.get(4)?, "retired")?,
+        activates_at: at.into(),
+        retired: required(row.get(3)?, "retired")?,
+        kms_key_id: required(row.get(4)?, "kms_key_id")?,
+        wrapped: required(row.get(5)?, "wrapped_key")?,
     })
+}
+
+/// The newest `limit` versions of a group, newest first, retired ones included.
+pub fn newest_keys(client: &SpiClient<'_>, group: &GroupId, limit: i64) -> VaultResult<Vec<KeyRow>> {
+    let rows = client.select(
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM vault.ring_keys
+              WHERE group_id OPERATOR(pg_catalog.=) $1
+              ORDER BY version DESC
+              LIMIT $2"
+        ),
+        None,
+        &[uuid(group).into(), limit.into()],
+    )?;
+    rows.into_iter().map(key_row).collect()
 }
 
 /// The newest active, unretired version at `now`.
 pub fn current_key_row(client: &SpiClient<'_>, group: &GroupRow, now: TimestampWithTimeZone) -> VaultResult<KeyRow> {
     let rows = client.select(
-        "SELECT version, kms_key_id, wrapped_key, retired_at IS NOT NULL
-           FROM vault.ring_keys
-          WHERE group_id = $1 AND retired_at IS NULL AND activates_at <= $2
-          ORDER BY version DESC
-          LIMIT 1",
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM vault.ring_keys
+              WHERE group_id OPERATOR(pg_catalog.=) $1 AND retired_at IS NULL
+                AND activates_at OPERATOR(pg_catalog.<=) $2
+              ORDER BY version DESC
+              LIMIT 1"
+        ),
         Some(1),
         &[uuid(&group.id).into(), now.into()],
     )?;
@@ -119,13 +183,14 @@ pub fn current_key_row(client: &SpiClient<'_>, group: &GroupRow, now: TimestampW
     }
 }
 
-pub fn key_row_at(client: &SpiClient<'_>, group: &GroupRow, version: i32) -> VaultResult<Option<KeyRow>> {
+pub fn key_row_at(client: &SpiClient<'_>, group: &GroupId, version: i32) -> VaultResult<Option<KeyRow>> {
     let rows = client.select(
-        "SELECT version, kms_key_id, wrapped_key, retired_at IS NOT NULL
-           FROM vault.ring_keys
-          WHERE group_id = $1 AND version = $2",
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM vault.ring_keys
+              WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2"
+        ),
         Some(1),
-        &[uuid(&group.id).into(), version.into()],
+        &[uuid(group).into(), version.into()],
     )?;
     rows.into_iter().next().map(key_row).transpose()
 }
@@ -151,7 +216,7 @@ pub fn insert_group(client: &mut SpiClient<'_>, g: &NewGroup<'_>, now: Timestamp
         "INSERT INTO vault.key_groups
              (id, name, purpose, rotation_interval, propagation_delay, ring_size, key_bytes,
               kms_key, last_version, created_at, last_rotated_at, next_rotation_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9, $9 + $4)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9, $9 OPERATOR(pg_catalog.+) $4)
          ON CONFLICT (name) DO NOTHING
          RETURNING 1",
         None,
@@ -183,9 +248,9 @@ pub fn insert_key(
 ) -> VaultResult<()> {
     client.update(
         "INSERT INTO vault.ring_keys (group_id, version, created_at, activates_at, kms_key_id, wrapped_key)
-         SELECT g.id, $2, $3, CASE WHEN $4 THEN $3 ELSE $3 + g.propagation_delay END, $5, $6
+         SELECT g.id, $2, $3, CASE WHEN $4 THEN $3 ELSE $3 OPERATOR(pg_catalog.+) g.propagation_delay END, $5, $6
            FROM vault.key_groups g
-          WHERE g.id = $1",
+          WHERE g.id OPERATOR(pg_catalog.=) $1",
         None,
         &[uuid(group).into(), version.into(), now.into(), activate_now.into(), kms_key_id.into(), wrapped.into()],
     )?;
@@ -194,35 +259,109 @@ pub fn insert_key(
 
 /// Claims version `next` for a rotation: succeeds only if no other rotation
 /// claimed it first. Under READ COMMITTED a racing claim waits for the
-/// winner's commit, then sees the bumped counter and fails here.
-pub fn claim_version(client: &mut SpiClient<'_>, group: &GroupId, next: i32, now: TimestampWithTimeZone) -> VaultResult<bool> {
+/// winner's commit, re-checks, and fails here. With `due`, the claim also
+/// requires the schedule to be unchanged, so a scheduled rotation happens at
+/// most once per due time even when manual rotations race it.
+pub fn claim_version(
+    client: &mut SpiClient<'_>,
+    group: &GroupId,
+    next: i32,
+    now: TimestampWithTimeZone,
+    due: Option<TimestampWithTimeZone>,
+) -> VaultResult<bool> {
+    let due_arg = match due {
+        Some(d) => d.into(),
+        None => pgrx::datum::DatumWithOid::null::<TimestampWithTimeZone>(),
+    };
     let rows = client.update(
         "UPDATE vault.key_groups
-            SET last_version = $2, last_rotated_at = $3, next_rotation_at = $3 + rotation_interval
-          WHERE id = $1 AND last_version = $2 - 1
+            SET last_version = $2, last_rotated_at = $3,
+                next_rotation_at = $3 OPERATOR(pg_catalog.+) rotation_interval,
+                change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
+          WHERE id OPERATOR(pg_catalog.=) $1
+            AND last_version OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 1)
+            AND ($4::pg_catalog.timestamptz IS NULL OR next_rotation_at OPERATOR(pg_catalog.=) $4)
          RETURNING 1",
         None,
-        &[uuid(group).into(), next.into(), now.into()],
+        &[uuid(group).into(), next.into(), now.into(), due_arg],
     )?;
     Ok(!rows.is_empty())
 }
 
-pub fn retire_below(client: &mut SpiClient<'_>, group: &GroupId, below: i32, now: TimestampWithTimeZone) -> VaultResult<u64> {
-    let rows = client.update(
+pub fn retire_below(client: &mut SpiClient<'_>, group: &GroupId, below: i32, now: TimestampWithTimeZone) -> VaultResult<()> {
+    client.update(
         "UPDATE vault.ring_keys SET retired_at = $3
-          WHERE group_id = $1 AND version < $2 AND retired_at IS NULL",
+          WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.<) $2 AND retired_at IS NULL",
         None,
         &[uuid(group).into(), below.into(), now.into()],
     )?;
-    Ok(rows.len() as u64)
+    client.update(
+        "UPDATE vault.key_groups SET change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
+          WHERE id OPERATOR(pg_catalog.=) $1",
+        None,
+        &[uuid(group).into()],
+    )?;
+    Ok(())
 }
 
 /// Deletes a group; its wrapped keys go with it (ON DELETE CASCADE).
 pub fn delete_group(client: &mut SpiClient<'_>, name: &str) -> VaultResult<bool> {
     let rows = client.update(
-        "DELETE FROM vault.key_groups WHERE name = $1 RETURNING 1",
+        "DELETE FROM vault.key_groups WHERE name OPERATOR(pg_catalog.=) $1 RETURNING 1",
         None,
         &[name.into()],
     )?;
     Ok(!rows.is_empty())
+}
+
+thread_local! {
+    static OWNER: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+}
+
+fn extension_owner() -> VaultResult<pg_sys::Oid> {
+    if let Some(o) = OWNER.get() {
+        return Ok(o);
+    }
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'secret_vault'",
+    )?
+    .ok_or_else(|| VaultError::Internal("extension secret_vault is not installed in this database".into()))?;
+    OWNER.set(Some(owner));
+    Ok(owner)
+}
+
+/// Runs `f` as the extension's owner, so SECURITY INVOKER functions can read
+/// the vault tables their callers cannot. Where allowed, it reads through a
+/// snapshot taken now (not the caller's older one): a load that follows an
+/// invalidation then sees the commit that caused it. PostgreSQL restores the
+/// user and pops the snapshot itself if `f` raises an error.
+pub fn as_owner<R>(f: impl FnOnce() -> VaultResult<R>) -> VaultResult<R> {
+    let owner = extension_owner()?;
+    unsafe {
+        let mut saved_user = pg_sys::Oid::INVALID;
+        let mut saved_ctx = 0;
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        // A parallel operation cannot take new snapshots; it reads with its own.
+        let fresh = !pg_sys::IsInParallelMode();
+        if fresh {
+            pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+        }
+        let r = f();
+        if fresh {
+            pg_sys::PopActiveSnapshot();
+        }
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+        r
+    }
+}
+
+/// Whether a load in this transaction may be stored in the shared cache: only
+/// when it read through a fresh snapshot and the transaction has written
+/// nothing (so it cannot see its own uncommitted changes).
+pub fn may_fill_shared_cache() -> bool {
+    unsafe { !pg_sys::IsInParallelMode() && pg_sys::GetTopTransactionIdIfAny() == pg_sys::InvalidTransactionId }
 }

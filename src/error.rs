@@ -140,6 +140,11 @@ impl VaultError {
         }
     }
 
+    /// The message a client would see, for logs and `vault.stats()`.
+    pub fn message(self) -> String {
+        self.into_report().message().to_string()
+    }
+
     /// Raises this error as a PostgreSQL ERROR; never returns.
     pub fn raise(self) -> ! {
         self.into_report().report(PgLogLevel::ERROR);

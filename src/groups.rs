@@ -2,31 +2,21 @@
 //! volatility, strictness and parallel safety; all are SECURITY DEFINER with
 //! a pinned search_path, and reachable only through the vault_* roles.
 
-use pgrx::datum::Interval;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use rand::RngCore;
-use secret_vault_core::aad;
-use secret_vault_core::format;
 use secret_vault_core::policy::{self, GroupSettings, Purpose, Span};
 
-use crate::catalog::{self, GroupRow, NewGroup};
+use crate::catalog::{self, NewGroup};
 use crate::error::{required, OrRaise, VaultError, VaultResult};
-use crate::{guc, keyring, kms};
+use crate::{coherence, kms};
 
 /// How often a rotation retries after losing a race for the next version.
 const ROTATE_ATTEMPTS: usize = 8;
 
 fn span(iv: &Interval) -> Span {
     Span { months: iv.months(), days: iv.days(), micros: iv.micros() }
-}
-
-fn require_purpose(group: &GroupRow, wanted: Purpose, operation: &'static str) -> VaultResult<()> {
-    if group.purpose == wanted {
-        Ok(())
-    } else {
-        Err(VaultError::WrongPurpose { group: group.name.clone(), purpose: group.purpose, operation })
-    }
 }
 
 fn new_group_id() -> [u8; 16] {
@@ -66,9 +56,8 @@ fn create_group_impl(
             return Err(VaultError::GroupExists(name.to_string()));
         }
         let (kms_name, kms_kind) = catalog::resolve_kms_key(client, kms_key)?;
-        let provider = kms::provider(&kms_name, &kms_kind)?;
         let id = new_group_id();
-        let (_key, wrapped) = provider.generate(settings.key_bytes as usize, &aad::ring_key(&id, 1))?;
+        let (key_id, wrapped) = kms::new_ring_key(&id, &kms_name, &kms_kind, settings.key_bytes as usize, 1)?;
         let now = catalog::clock();
         let inserted = catalog::insert_group(
             client,
@@ -87,7 +76,8 @@ fn create_group_impl(
         if !inserted {
             return Err(VaultError::GroupExists(name.to_string()));
         }
-        catalog::insert_key(client, &id, 1, provider.key_id(), &wrapped, now, true)
+        coherence::note_change(name, false);
+        catalog::insert_key(client, &id, 1, &key_id, &wrapped, now, true)
     })
 }
 
@@ -110,20 +100,29 @@ fn create_group(
 
 /// Writes version n+1 as pending. The KMS call happens before the version
 /// is claimed, so no row lock is held across it; a lost race wraps again.
-pub(crate) fn rotate_impl(client: &mut SpiClient<'_>, group_name: &str) -> VaultResult<i32> {
+/// With `due`, only the scheduled rotation for that due time may happen.
+pub(crate) fn rotate_impl(
+    client: &mut SpiClient<'_>,
+    group_name: &str,
+    due: Option<TimestampWithTimeZone>,
+) -> VaultResult<Option<i32>> {
     for _ in 0..ROTATE_ATTEMPTS {
         let group = catalog::group(client, group_name)?;
         let next = group
             .last_version
             .checked_add(1)
             .ok_or_else(|| VaultError::VersionOverflow(group.name.clone()))?;
-        let provider = kms::provider(&group.kms_key, &group.kms_provider)?;
-        let (_key, wrapped) =
-            provider.generate(group.key_bytes as usize, &aad::ring_key(&group.id, next as u32))?;
+        let (key_id, wrapped) =
+            kms::new_ring_key(&group.id, &group.kms_key, &group.kms_provider, group.key_bytes as usize, next)?;
         let now = catalog::clock();
-        if catalog::claim_version(client, &group.id, next, now)? {
-            catalog::insert_key(client, &group.id, next, provider.key_id(), &wrapped, now, false)?;
-            return Ok(next);
+        if catalog::claim_version(client, &group.id, next, now, due)? {
+            catalog::insert_key(client, &group.id, next, &key_id, &wrapped, now, false)?;
+            coherence::note_change(group_name, true);
+            return Ok(Some(next));
+        }
+        if due.is_some() {
+            // Someone else rotated or rescheduled it: this due time is done.
+            return Ok(None);
         }
     }
     Err(VaultError::RotationContention(group_name.to_string()))
@@ -133,103 +132,9 @@ pub(crate) fn rotate_impl(client: &mut SpiClient<'_>, group_name: &str) -> Vault
 #[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate(group_name: &str) -> i32 {
-    Spi::connect_mut(|client| rotate_impl(client, group_name)).or_raise()
-}
-
-/// `vault.current(group_name, OUT version int, OUT key bytea)`: a C-level
-/// function so that its result is a single record with exactly those OUT
-/// parameters, as the contract says, rather than a set.
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn vault_current(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let Some(group_name) = (unsafe { pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0) }) else {
-        // STRICT: PostgreSQL never calls us with NULL.
-        unsafe { (*fcinfo).isnull = true };
-        return pg_sys::Datum::from(0);
-    };
-    let (version, key) = Spi::connect(|client| -> VaultResult<_> {
-        let group = catalog::group(client, group_name)?;
-        require_purpose(&group, Purpose::Export, "vault.current")?;
-        keyring::current(client, &group)
-    })
-    .or_raise();
-
-    unsafe {
-        let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
-        if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc)
-            != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
-        {
-            VaultError::Internal("vault.current must be declared with OUT parameters".into()).raise();
-        }
-        let tupdesc = pg_sys::BlessTupleDesc(tupdesc);
-        let key_datum = key.as_bytes().into_datum().expect("bytea datum");
-        let mut values = [pg_sys::Datum::from(version), key_datum];
-        let mut nulls = [false, false];
-        let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
-    }
-}
-
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_vault_current() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
-
-extension_sql!(
-    r#"
-CREATE FUNCTION vault."current"(group_name text, OUT version int, OUT key bytea)
-RETURNS record
-LANGUAGE c STRICT STABLE PARALLEL SAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'vault_current';
-"#,
-    name = "vault_current",
-    requires = ["bootstrap"],
-);
-
-/// Key bytes of any version that is not retired (pending ones included, so
-/// verifiers learn a key before signers use it).
-#[pg_extern(stable, strict, parallel_safe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn resolve(group_name: &str, version: i32) -> Vec<u8> {
-    Spi::connect(|client| -> VaultResult<Vec<u8>> {
-        let group = catalog::group(client, group_name)?;
-        require_purpose(&group, Purpose::Export, "vault.resolve")?;
-        let key = keyring::at_version(client, &group, version as i64)?;
-        Ok(key.as_bytes().to_vec())
-    })
-    .or_raise()
-}
-
-/// Encrypts with the current version of an 'encrypt' group, bound to `context`.
-#[pg_extern(volatile, strict, parallel_safe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn encrypt(group_name: &str, plaintext: &[u8], context: default!(&[u8], "''")) -> Vec<u8> {
-    let algorithm = guc::cipher();
-    Spi::connect(|client| -> VaultResult<Vec<u8>> {
-        let group = catalog::group(client, group_name)?;
-        require_purpose(&group, Purpose::Encrypt, "vault.encrypt")?;
-        let (version, key) = keyring::current(client, &group)?;
-        Ok(format::encrypt(algorithm, &key, version as u32, &group.id, context, plaintext)?)
-    })
-    .or_raise()
-}
-
-/// Decrypts a `vault.encrypt` ciphertext with the version it names.
-#[pg_extern(stable, strict, parallel_safe, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
-fn decrypt(group_name: &str, ciphertext: &[u8], context: default!(&[u8], "''")) -> Vec<u8> {
-    let parsed = format::parse(ciphertext).map_err(VaultError::from).or_raise();
-    Spi::connect(|client| -> VaultResult<Vec<u8>> {
-        let group = catalog::group(client, group_name)?;
-        require_purpose(&group, Purpose::Encrypt, "vault.decrypt")?;
-        let key = keyring::at_version(client, &group, parsed.key_version as i64)?;
-        let plaintext = format::decrypt(&parsed, &key, &group.id, context)?;
-        Ok(plaintext.to_vec())
-    })
-    .or_raise()
+    Spi::connect_mut(|client| rotate_impl(client, group_name, None))
+        .and_then(|v| v.ok_or_else(|| VaultError::RotationContention(group_name.to_string())))
+        .or_raise()
 }
 
 /// Retires every version below `below_version`; the current one is kept.
@@ -241,6 +146,7 @@ fn retire(group_name: &str, below_version: i32) {
         let current = catalog::current_key_row(client, &group, catalog::clock())?;
         policy::check_retire(below_version, Some(current.version as u32))?;
         catalog::retire_below(client, &group.id, below_version, catalog::clock())?;
+        coherence::note_change(group_name, false);
         Ok(())
     })
     .or_raise()
@@ -252,6 +158,7 @@ fn retire(group_name: &str, below_version: i32) {
 fn drop_group(group_name: &str) {
     Spi::connect_mut(|client| -> VaultResult<()> {
         if catalog::delete_group(client, group_name)? {
+            coherence::note_change(group_name, false);
             Ok(())
         } else {
             Err(VaultError::GroupNotFound(group_name.to_string()))

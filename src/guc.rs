@@ -19,10 +19,79 @@ pub enum Cipher {
 
 pub static CIPHER: GucSetting<Cipher> = GucSetting::<Cipher>::new(Cipher::Aes256GcmSiv);
 
+/// Groups the shared-memory cache holds (server start only).
+pub static CACHE_GROUPS: GucSetting<i32> = GucSetting::<i32>::new(128);
+/// Newest versions held per cached group (server start only).
+pub static CACHE_VERSIONS: GucSetting<i32> = GucSetting::<i32>::new(16);
+/// Database the background worker connects to.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Whether the worker rotates due groups (off on a logical-replication subscriber).
+pub static ROTATION: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Worker wake-up period, milliseconds.
+pub static WORKER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// How often the worker compares the cache with the tables, milliseconds.
+pub static SYNC_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// File name of the embedded default master key, relative to the data directory.
 pub const DEFAULT_LOCAL_KEY_FILE: &str = "secret_vault_master.key";
 
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"secret_vault.cache_groups",
+        c"Key groups held in the shared-memory cache.",
+        c"More groups than this is slower (misses reload from the tables and the KMS), never wrong.",
+        &CACHE_GROUPS,
+        0,
+        65536,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.cache_versions",
+        c"Newest versions of each cached group held in shared memory.",
+        c"A group keeps min(ring_size, this) versions hot; older versions are read from storage.",
+        &CACHE_VERSIONS,
+        1,
+        1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"secret_vault.database",
+        c"Database the secret_vault background worker connects to.",
+        c"The extension must be created in this database for the worker to rotate and warm keys.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"secret_vault.rotation",
+        c"Whether the background worker rotates groups that are due.",
+        c"Turn off on logical-replication subscribers so that one node rotates.",
+        &ROTATION,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.worker_interval",
+        c"How often the background worker wakes up.",
+        c"",
+        &WORKER_INTERVAL_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.sync_interval",
+        c"How often the worker reconciles the cache with the tables (standbys, subscribers, restores).",
+        c"",
+        &SYNC_INTERVAL_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_string_guc(
         c"secret_vault.local_master_key_file",
         c"Path of the 32-byte master key file of the local KMS provider.",
@@ -68,4 +137,8 @@ pub fn cipher() -> secret_vault_core::aead::Algorithm {
         Cipher::Aes256GcmSiv => Algorithm::Aes256GcmSiv,
         Cipher::XChaCha20Poly1305 => Algorithm::XChaCha20Poly1305,
     }
+}
+
+pub fn database() -> String {
+    DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "postgres".into())
 }

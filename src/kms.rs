@@ -1,4 +1,5 @@
-//! Which KMS provider serves a registered KMS key name, cached per backend.
+//! Which KMS provider serves a registered KMS key name, cached per backend,
+//! and the counted calls through it (`vault.stats().kms_calls`).
 //!
 //! Providers are built lazily in each backend (never in shared memory) and
 //! rebuilt when their configuration changes, e.g. after a SIGHUP points
@@ -7,14 +8,16 @@
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
+use secret_vault_core::aad;
 use secret_vault_core::kms::local::KeyFile;
 use secret_vault_core::kms::{KmsProvider, LocalKms};
-use secret_vault_core::KmsError;
+use secret_vault_core::{KeyBytes, KmsError};
 
+use crate::catalog::{GroupRow, KeyRow};
 use crate::error::{VaultError, VaultResult};
-use crate::guc;
-
+use crate::{guc, shmem};
 
 thread_local! {
     static LOCAL: RefCell<Option<(PathBuf, Rc<LocalKms>)>> = const { RefCell::new(None) };
@@ -43,6 +46,33 @@ fn local() -> VaultResult<Rc<LocalKms>> {
         *slot = Some((path, kms.clone()));
         Ok(kms)
     })
+}
+
+fn counted() {
+    shmem::bump(|c| {
+        c.kms_calls.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
+/// Unwraps a stored ring key of `group`.
+pub fn unwrap(group: &GroupRow, row: &KeyRow) -> VaultResult<KeyBytes> {
+    let p = provider(&group.kms_key, &group.kms_provider)?;
+    counted();
+    Ok(p.unwrap(&row.kms_key_id, &row.wrapped, &aad::ring_key(&group.id, row.version as u32))?)
+}
+
+/// A new ring key for `version` of a group: (wrapping key id, wrapped bytes).
+pub fn new_ring_key(
+    group_id: &aad::GroupId,
+    kms_name: &str,
+    kms_kind: &str,
+    key_bytes: usize,
+    version: i32,
+) -> VaultResult<(String, Vec<u8>)> {
+    let p = provider(kms_name, kms_kind)?;
+    counted();
+    let (_key, wrapped) = p.generate(key_bytes, &aad::ring_key(group_id, version as u32))?;
+    Ok((p.key_id().to_string(), wrapped))
 }
 
 /// At postmaster start: when no key file is configured, make sure the

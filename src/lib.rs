@@ -5,11 +5,16 @@
 use pgrx::prelude::*;
 
 mod catalog;
+mod coherence;
 mod error;
 mod groups;
 mod guc;
 mod keyring;
+mod keys;
 mod kms;
+mod shmem;
+mod stats;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -32,6 +37,8 @@ pub extern "C-unwind" fn _PG_init() {
         .report(PgLogLevel::ERROR);
     }
     guc::init();
+    shmem::init();
+    worker::register();
     kms::ensure_default_local_key();
 }
 

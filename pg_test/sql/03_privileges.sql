@@ -62,14 +62,44 @@ SELECT pg_temp.err($$SELECT * FROM vault.ring_keys$$);
 SELECT pg_temp.err($$DELETE FROM vault.key_groups$$);
 RESET ROLE;
 
--- a malicious search_path cannot hijack the SECURITY DEFINER functions
+-- a hostile search_path cannot hijack anything: the hot functions run as the
+-- caller (SECURITY INVOKER) and every query they run is fully qualified
+SELECT count(*) AS definer_functions_without_pinned_search_path
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'vault' AND p.prosecdef
+   AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false);
 CREATE SCHEMA evil;
+CREATE FUNCTION evil.always(text, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.always);
+CREATE FUNCTION evil.always_uuid(uuid, uuid) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+CREATE OPERATOR evil.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = evil.always_uuid);
 CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'infinity'::timestamptz $$;
-CREATE FUNCTION evil.length(bytea) RETURNS int LANGUAGE sql AS $$ SELECT -1 $$;
-SET search_path = evil, public;
-SELECT version FROM vault.current('priv/export');
+CREATE FUNCTION evil.nextval(regclass) RETURNS bigint LANGUAGE sql AS $$ SELECT 1::bigint $$;
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+-- a cold cache forces the storage path, which parses SQL under this search_path
+SELECT vault.create_group('priv/evil-a', propagation_delay => '0');
+SELECT vault.create_group('priv/evil-b', propagation_delay => '0');
+SELECT vault.rotate('priv/evil-b');
+SET search_path = evil, pg_catalog, public;
+SET ROLE vault_test_reader;
+SELECT version FROM vault.current('priv/evil-b');
+SELECT vault.resolve('priv/evil-a', 1) <> vault.resolve('priv/evil-b', 1) AS groups_not_confused;
+SELECT convert_from(vault.decrypt('priv/encrypt', vault.encrypt('priv/encrypt', 'still mine')), 'UTF8');
+RESET ROLE;
+SET ROLE vault_test_admin;
+SELECT vault.rotate('priv/evil-a');
+RESET ROLE;
 RESET search_path;
+SELECT name, latest_version FROM vault.groups WHERE name LIKE 'priv/evil-%' ORDER BY name;
 DROP SCHEMA evil CASCADE;
+
+-- vault.stats() is for vault_admin
+SET ROLE vault_test_reader;
+SELECT pg_temp.err($$SELECT * FROM vault.stats()$$);
+RESET ROLE;
+SET ROLE vault_test_admin;
+SELECT cache_slots > 0 AS has_cache FROM vault.stats();
+RESET ROLE;
 
 DROP ROLE vault_test_nobody;
 DROP ROLE vault_test_reader;

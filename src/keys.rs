@@ -1,0 +1,145 @@
+//! The hot key functions: `vault.current`, `vault.resolve`, `vault.encrypt`,
+//! `vault.decrypt`. They are SECURITY INVOKER (EXECUTE is granted to
+//! vault_reader) because a SECURITY DEFINER call saves and restores GUCs on
+//! every call; on a cache miss they read the tables as the extension owner
+//! (see `catalog::as_owner`).
+//!
+//! They are C-level functions so that `current` returns one record with the
+//! contract's OUT parameters, and so key bytes go from the stack buffer
+//! straight into the result without an intermediate heap copy.
+
+use pgrx::prelude::*;
+use secret_vault_core::format;
+use secret_vault_core::policy::Purpose;
+
+use crate::error::{OrRaise, VaultError};
+use crate::guc;
+use crate::keyring::{self, Want};
+
+unsafe fn arg<'a, T: FromDatum + 'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> T {
+    // All four functions are STRICT: PostgreSQL never passes NULL.
+    unsafe { pgrx::fcinfo::pg_getarg::<T>(fcinfo, n) }.expect("strict function got NULL")
+}
+
+fn bytea(bytes: &[u8]) -> pg_sys::Datum {
+    bytes.into_datum().expect("bytea datum")
+}
+
+macro_rules! finfo_v1 {
+    ($finfo:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
+finfo_v1!(pg_finfo_vault_current);
+finfo_v1!(pg_finfo_vault_resolve);
+finfo_v1!(pg_finfo_vault_encrypt);
+finfo_v1!(pg_finfo_vault_decrypt);
+
+/// The blessed result descriptor, built once per call site and kept in fn_extra.
+unsafe fn result_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        let cached = (*flinfo).fn_extra as pg_sys::TupleDesc;
+        if !cached.is_null() {
+            return cached;
+        }
+        let mut td: pg_sys::TupleDesc = std::ptr::null_mut();
+        if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut td)
+            != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
+        {
+            VaultError::Internal("vault.current must be declared with OUT parameters".into()).raise();
+        }
+        let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
+        let td = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(td));
+        pg_sys::MemoryContextSwitchTo(old);
+        (*flinfo).fn_extra = td as *mut std::ffi::c_void;
+        td
+    }
+}
+
+/// vault.current(group_name text, OUT version int, OUT key bytea)
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn vault_current(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let name: &str = unsafe { arg(fcinfo, 0) };
+    let r = keyring::resolve(name, Purpose::Export, "vault.current", Want::Current).or_raise();
+    unsafe {
+        let td = result_tupdesc(fcinfo);
+        let mut values = [pg_sys::Datum::from(r.version), bytea(r.key.as_slice())];
+        let mut nulls = [false, false];
+        let tuple = pg_sys::heap_form_tuple(td, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
+    }
+}
+
+/// vault.resolve(group_name text, version int) RETURNS bytea
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn vault_resolve(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let name: &str = unsafe { arg(fcinfo, 0) };
+    let version: i32 = unsafe { arg(fcinfo, 1) };
+    let r = keyring::resolve(name, Purpose::Export, "vault.resolve", Want::Version(version as i64)).or_raise();
+    bytea(r.key.as_slice())
+}
+
+/// vault.encrypt(group_name text, plaintext bytea, context bytea) RETURNS bytea
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn vault_encrypt(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let name: &str = unsafe { arg(fcinfo, 0) };
+    let plaintext: &[u8] = unsafe { arg(fcinfo, 1) };
+    let context: &[u8] = unsafe { arg(fcinfo, 2) };
+    let r = keyring::resolve(name, Purpose::Encrypt, "vault.encrypt", Want::Current).or_raise();
+    let ct = format::encrypt(guc::cipher(), r.key.as_slice(), r.version as u32, &r.group_id, context, plaintext)
+        .map_err(VaultError::from)
+        .or_raise();
+    bytea(&ct)
+}
+
+/// vault.decrypt(group_name text, ciphertext bytea, context bytea) RETURNS bytea
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn vault_decrypt(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let name: &str = unsafe { arg(fcinfo, 0) };
+    let ciphertext: &[u8] = unsafe { arg(fcinfo, 1) };
+    let context: &[u8] = unsafe { arg(fcinfo, 2) };
+    let parsed = format::parse(ciphertext).map_err(VaultError::from).or_raise();
+    let r = keyring::resolve(name, Purpose::Encrypt, "vault.decrypt", Want::Version(parsed.key_version as i64))
+        .or_raise();
+    let plaintext = format::decrypt(&parsed, r.key.as_slice(), &r.group_id, context)
+        .map_err(VaultError::from)
+        .or_raise();
+    bytea(&plaintext)
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION vault."current"(group_name text, OUT version int, OUT key bytea)
+RETURNS record
+LANGUAGE c STRICT STABLE PARALLEL SAFE SECURITY INVOKER
+AS 'MODULE_PATHNAME', 'vault_current';
+
+CREATE FUNCTION vault.resolve(group_name text, version int)
+RETURNS bytea
+LANGUAGE c STRICT STABLE PARALLEL SAFE SECURITY INVOKER
+AS 'MODULE_PATHNAME', 'vault_resolve';
+
+CREATE FUNCTION vault.encrypt(group_name text, plaintext bytea, context bytea DEFAULT ''::bytea)
+RETURNS bytea
+LANGUAGE c STRICT VOLATILE PARALLEL SAFE SECURITY INVOKER
+AS 'MODULE_PATHNAME', 'vault_encrypt';
+
+CREATE FUNCTION vault.decrypt(group_name text, ciphertext bytea, context bytea DEFAULT ''::bytea)
+RETURNS bytea
+LANGUAGE c STRICT STABLE PARALLEL SAFE SECURITY INVOKER
+AS 'MODULE_PATHNAME', 'vault_decrypt';
+"#,
+    name = "key_functions",
+    requires = ["bootstrap"],
+);
