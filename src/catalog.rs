@@ -322,9 +322,17 @@ fn extension_owner() -> VaultResult<pg_sys::Oid> {
     if let Some(o) = OWNER.get() {
         return Ok(o);
     }
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'secret_vault'",
-    )?
+    // A read-only select: pgrx's Spi::get_one would assign a transaction id,
+    // which a standby refuses and which would stop this transaction filling the cache.
+    let owner = Spi::connect(|c| {
+        c.select(
+            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'secret_vault'",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one::<pg_sys::Oid>()
+    })?
     .ok_or_else(|| VaultError::Internal("extension secret_vault is not installed in this database".into()))?;
     OWNER.set(Some(owner));
     Ok(owner)

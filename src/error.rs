@@ -22,6 +22,7 @@ pub enum VaultError {
     Policy(PolicyError),
     Crypto(CryptoError),
     Kms(KmsError),
+    ReadOnly(&'static str),
     Internal(String),
 }
 
@@ -131,6 +132,11 @@ impl VaultError {
                 };
                 (code, e.to_string(), hint.map(String::from))
             }
+            VaultError::ReadOnly(op) => (
+                ERRCODE_READ_ONLY_SQL_TRANSACTION,
+                format!("cannot {op} while the server is in recovery (a standby)"),
+                Some("Run it on the primary; standbys follow it through replication.".into()),
+            ),
             VaultError::Internal(m) => (ERRCODE_INTERNAL_ERROR, m, None),
         };
         let report = ErrorReport::new(code, message, "secret_vault");
@@ -166,4 +172,14 @@ impl<T> OrRaise<T> for VaultResult<T> {
 /// Required argument of a non-strict function.
 pub fn required<T>(value: Option<T>, name: &'static str) -> VaultResult<T> {
     value.ok_or(VaultError::NullArgument(name))
+}
+
+/// Refuses writes on a standby with a clear error instead of failing deep
+/// inside SPI when a transaction id is requested.
+pub fn require_writable(op: &'static str) -> VaultResult<()> {
+    if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
+        Err(VaultError::ReadOnly(op))
+    } else {
+        Ok(())
+    }
 }

@@ -9,7 +9,7 @@ use rand::RngCore;
 use secret_vault_core::policy::{self, GroupSettings, Purpose, Span};
 
 use crate::catalog::{self, NewGroup};
-use crate::error::{required, OrRaise, VaultError, VaultResult};
+use crate::error::{require_writable, required, OrRaise, VaultError, VaultResult};
 use crate::{coherence, kms};
 
 /// How often a rotation retries after losing a race for the next version.
@@ -38,6 +38,7 @@ fn create_group_impl(
     key_bytes: Option<i32>,
     kms_key: Option<&str>,
 ) -> VaultResult<()> {
+    require_writable("create a key group")?;
     let name = required(name, "name")?;
     let purpose = Purpose::parse(required(purpose, "purpose")?)?;
     let propagation_delay = required(propagation_delay, "propagation_delay")?;
@@ -132,6 +133,7 @@ pub(crate) fn rotate_impl(
 #[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate(group_name: &str) -> i32 {
+    require_writable("rotate a key group").or_raise();
     Spi::connect_mut(|client| rotate_impl(client, group_name, None))
         .and_then(|v| v.ok_or_else(|| VaultError::RotationContention(group_name.to_string())))
         .or_raise()
@@ -141,6 +143,7 @@ fn rotate(group_name: &str) -> i32 {
 #[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn retire(group_name: &str, below_version: i32) {
+    require_writable("retire key versions").or_raise();
     Spi::connect_mut(|client| -> VaultResult<()> {
         let group = catalog::group(client, group_name)?;
         let current = catalog::current_key_row(client, &group, catalog::clock())?;
@@ -156,6 +159,7 @@ fn retire(group_name: &str, below_version: i32) {
 #[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn drop_group(group_name: &str) {
+    require_writable("drop a key group").or_raise();
     Spi::connect_mut(|client| -> VaultResult<()> {
         if catalog::delete_group(client, group_name)? {
             coherence::note_change(group_name, false);

@@ -76,12 +76,18 @@ pub extern "C-unwind" fn secret_vault_worker_main(_arg: pg_sys::Datum) {
 
 impl Worker {
     fn tick(&mut self) {
+        // Read-only select (Spi::get_one would assign an xid, refused on a standby).
         let installed = txn(|| {
-            Spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'secret_vault')",
-            )
+            Spi::connect(|c| {
+                c.select(
+                    "SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'secret_vault'",
+                    Some(1),
+                    &[],
+                )
+                .map(|t| !t.is_empty())
+            })
         });
-        if !matches!(installed, Ok(Some(true))) {
+        if !matches!(installed, Ok(true)) {
             return;
         }
         let writable = !unsafe { pg_sys::RecoveryInProgress() };

@@ -88,6 +88,52 @@ impl Cluster {
         c
     }
 
+    /// A cluster with the extension created and these settings.
+    pub fn start_with(name: &str, conf: &[&str]) -> Cluster {
+        let mut c = Cluster::init(name, true, conf);
+        c.start();
+        c.client().batch_execute("CREATE EXTENSION secret_vault").unwrap();
+        c
+    }
+
+    /// A streaming standby of this cluster, made with `pg_basebackup -R`.
+    pub fn standby(&self, name: &str, conf: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "secret_vault-it-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            must(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]).output().unwrap(), "chown");
+        }
+        let data = dir.join("data");
+        let port = self.port.to_string();
+        must(
+            as_postgres(
+                "pg_basebackup",
+                &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", data.to_str().unwrap(), "-R", "-X", "stream"],
+            ),
+            "pg_basebackup",
+        );
+        let standby_port = free_port();
+        let mut text = format!("port = {standby_port}\nunix_socket_directories = '{}'\n", dir.display());
+        for line in conf {
+            text.push_str(line);
+            text.push('\n');
+        }
+        append(&data.join("postgresql.conf"), &text);
+        let mut c = Cluster { dir, data, port: standby_port, running: false };
+        c.start();
+        c
+    }
+
+    /// PID of the postmaster.
+    pub fn postmaster_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        text.lines().next().unwrap().trim().parse().unwrap()
+    }
+
     pub fn conf(&self, line: &str) {
         append(&self.data.join("postgresql.conf"), &format!("{line}\n"));
     }
@@ -173,4 +219,23 @@ fn append(path: &Path, text: &str) {
 pub fn db_error(e: &postgres::Error) -> (String, String) {
     let db = e.as_db_error().unwrap_or_else(|| panic!("not a database error: {e}"));
     (db.code().code().to_string(), db.message().to_string())
+}
+
+/// `vault.stats()` as (column, value) pairs, numbers only.
+pub fn stat(db: &mut Client, column: &str) -> i64 {
+    db.query_one(&format!("SELECT {column}::bigint FROM vault.stats()"), &[]).unwrap().get(0)
+}
+
+/// Polls `f` until it returns true or `timeout` passes; returns the outcome.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
