@@ -10,7 +10,7 @@ PGRX_VER   := 0.18.0
 APT_PKGS   := postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo postgresql-15-cron
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help deps deps-apt deps-pgrx install run demo psql stop test test-core test-pg test-regress test-integration clean-clusters lint
+.PHONY: help deps deps-apt deps-pgrx install run demo psql stop test test-core test-pg test-regress test-integration bench lint
 
 help:
 	@echo "make run    install what is missing, build, start the dev cluster, show a demo"
@@ -78,6 +78,10 @@ test-regress:
 
 test-integration:
 	cargo test -p secret_vault_it -- --test-threads=2
+
+## ---- benchmarks (release build, throwaway cluster) ---------------------------
+bench: install
+	python3 scripts/bench.py
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -102,3 +102,55 @@ SELECT g.name AS group_name,
        k.kms_key_id
   FROM vault.key_groups g
   JOIN vault.ring_keys k ON k.group_id = g.id;
+
+-- Secrets: named values stored as versions, each sealed under a ring key of
+-- an 'encrypt' group and bound to (secret id, version).
+CREATE TABLE vault.secret_store (
+    id                 uuid PRIMARY KEY,
+    name               text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 255),
+    kind               text NOT NULL CHECK (kind IN ('manual', 'rotating')),
+    description        text,
+    key_group_id       uuid NOT NULL REFERENCES vault.key_groups (id),
+    rotation_interval  interval CHECK (rotation_interval > interval '0'),
+    grace_period       interval NOT NULL DEFAULT interval '0' CHECK (grace_period >= interval '0'),
+    generator          text,
+    current_version    int NOT NULL CHECK (current_version >= 1),
+    created_at         timestamptz NOT NULL,
+    updated_at         timestamptz NOT NULL,
+    next_rotation_at   timestamptz,
+    change_seq         bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass),
+    CHECK ((kind = 'rotating') = (rotation_interval IS NOT NULL AND generator IS NOT NULL))
+);
+CREATE INDEX secret_store_due ON vault.secret_store (next_rotation_at) WHERE next_rotation_at IS NOT NULL;
+CREATE INDEX secret_store_group ON vault.secret_store (key_group_id);
+
+-- Only ciphertext. valid_until: NULL for the current version; for an older
+-- one, the end of its grace window (it verifies until then, never after).
+CREATE TABLE vault.secret_values (
+    secret_id    uuid NOT NULL REFERENCES vault.secret_store (id) ON DELETE CASCADE,
+    version      int NOT NULL CHECK (version >= 1),
+    created_at   timestamptz NOT NULL,
+    valid_until  timestamptz,
+    ciphertext   bytea NOT NULL,
+    PRIMARY KEY (secret_id, version)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('vault.secret_store', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.secret_values', '');
+
+-- Metadata only, never values.
+CREATE VIEW vault.secrets AS
+SELECT s.id,
+       s.name,
+       s.description,
+       s.kind,
+       g.name AS key_group,
+       s.current_version,
+       s.rotation_interval,
+       s.grace_period,
+       s.generator,
+       s.created_at,
+       s.updated_at,
+       s.next_rotation_at
+  FROM vault.secret_store s
+  JOIN vault.key_groups g ON g.id = s.key_group_id;

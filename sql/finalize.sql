@@ -22,3 +22,38 @@ GRANT EXECUTE ON FUNCTION
 
 GRANT SELECT ON vault.groups, vault.group_versions TO vault_reader, vault_admin;
 GRANT SELECT ON vault.kms_keys TO vault_admin;
+
+-- Current values. Granted to no one: GRANT SELECT on it, and vault_reader
+-- (for vault._open_secret), to the roles that may list every value.
+CREATE VIEW vault.decrypted_secrets AS
+SELECT s.id,
+       s.name,
+       s.description,
+       s.kind,
+       v.version,
+       vault._open_secret(g.name, s.id, v.version, v.ciphertext) AS value,
+       s.created_at,
+       s.updated_at
+  FROM vault.secret_store s
+  JOIN vault.key_groups g ON g.id = s.key_group_id
+  JOIN vault.secret_values v ON v.secret_id = s.id AND v.version = s.current_version;
+REVOKE ALL ON vault.decrypted_secrets FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vault FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA vault FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    vault.read_secret(text),
+    vault.verify_secret(text, text),
+    vault.secret_versions(text),
+    vault._open_secret(text, uuid, int, bytea)
+  TO vault_reader;
+
+GRANT EXECUTE ON FUNCTION
+    vault.create_secret(text, text, text, text),
+    vault.create_rotating_secret(text, interval, interval, text, text, text),
+    vault.update_secret(text, text),
+    vault.rotate_secret(text),
+    vault.delete_secret(text)
+  TO vault_admin;
+
+GRANT SELECT ON vault.secrets TO vault_reader, vault_admin;

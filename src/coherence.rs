@@ -16,16 +16,30 @@ use crate::shmem;
 
 thread_local! {
     static DIRTY: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    static STALE: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
     static ROTATIONS: Cell<u64> = const { Cell::new(0) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Records that this transaction created `name`: it bypasses the cache for
+/// it until commit, but nothing can be cached under a new name, so the
+/// commit invalidates nothing (creation stays cheap for every backend).
+pub fn note_created(name: &str) {
+    DIRTY.with(|d| d.borrow_mut().insert(name.to_string()));
+    register();
 }
 
 /// Records that this transaction changed `group` (and whether it rotated it).
 pub fn note_change(group: &str, rotated: bool) {
     DIRTY.with(|d| d.borrow_mut().insert(group.to_string()));
+    STALE.with(|d| d.borrow_mut().insert(group.to_string()));
     if rotated {
         ROTATIONS.set(ROTATIONS.get() + 1);
     }
+    register();
+}
+
+fn register() {
     if !REGISTERED.get() {
         REGISTERED.set(true);
         register_xact_callback(PgXactCallbackEvent::Commit, on_commit);
@@ -42,14 +56,17 @@ pub fn is_dirty(group: &str) -> bool {
 }
 
 fn on_commit() {
-    let groups: Vec<String> = DIRTY.with(|d| d.borrow_mut().drain().collect());
+    DIRTY.with(|d| d.borrow_mut().clear());
+    let groups: Vec<String> = STALE.with(|d| d.borrow_mut().drain().collect());
     let rotations = ROTATIONS.replace(0);
     REGISTERED.set(false);
-    shmem::with_exclusive(|c| {
-        for g in &groups {
-            c.invalidate(g);
-        }
-    });
+    if !groups.is_empty() {
+        shmem::with_exclusive(|c| {
+            for g in &groups {
+                c.invalidate(g);
+            }
+        });
+    }
     shmem::bump(|c| {
         c.rotations.fetch_add(rotations, Ordering::Relaxed);
     });
@@ -57,6 +74,7 @@ fn on_commit() {
 
 fn reset() {
     DIRTY.with(|d| d.borrow_mut().clear());
+    STALE.with(|d| d.borrow_mut().clear());
     ROTATIONS.set(0);
     REGISTERED.set(false);
 }

@@ -23,6 +23,10 @@ pub enum VaultError {
     Crypto(CryptoError),
     Kms(KmsError),
     ReadOnly(&'static str),
+    SecretNotFound(String),
+    SecretExists(String),
+    ManualSecret(String),
+    GroupInUse(String),
     Internal(String),
 }
 
@@ -132,6 +136,22 @@ impl VaultError {
                 };
                 (code, e.to_string(), hint.map(String::from))
             }
+            VaultError::SecretNotFound(n) => (
+                ERRCODE_UNDEFINED_OBJECT,
+                format!("secret \"{n}\" does not exist"),
+                Some("List secrets with: SELECT name FROM vault.secrets;".into()),
+            ),
+            VaultError::SecretExists(n) => (ERRCODE_DUPLICATE_OBJECT, format!("secret \"{n}\" already exists"), None),
+            VaultError::ManualSecret(n) => (
+                ERRCODE_WRONG_OBJECT_TYPE,
+                format!("secret \"{n}\" is set by hand and has no generator"),
+                Some("Set its value with vault.update_secret, or create it with vault.create_rotating_secret.".into()),
+            ),
+            VaultError::GroupInUse(g) => (
+                ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+                format!("key group \"{g}\" still seals secrets"),
+                Some("Delete those secrets first (see vault.secrets.key_group).".into()),
+            ),
             VaultError::ReadOnly(op) => (
                 ERRCODE_READ_ONLY_SQL_TRANSACTION,
                 format!("cannot {op} while the server is in recovery (a standby)"),

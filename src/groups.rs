@@ -56,30 +56,59 @@ fn create_group_impl(
         if catalog::load_group(client, name)?.is_some() {
             return Err(VaultError::GroupExists(name.to_string()));
         }
-        let (kms_name, kms_kind) = catalog::resolve_kms_key(client, kms_key)?;
-        let id = new_group_id();
-        let (key_id, wrapped) = kms::new_ring_key(&id, &kms_name, &kms_kind, settings.key_bytes as usize, 1)?;
-        let now = catalog::clock();
-        let inserted = catalog::insert_group(
-            client,
-            &NewGroup {
-                id,
-                name,
-                purpose,
-                rotation_interval,
-                propagation_delay,
-                ring_size: settings.ring_size,
-                key_bytes: settings.key_bytes,
-                kms_key: &kms_name,
-            },
-            now,
-        )?;
+        let inserted = insert_new_group(client, name, &settings, rotation_interval, propagation_delay, kms_key)?;
         if !inserted {
             return Err(VaultError::GroupExists(name.to_string()));
         }
-        coherence::note_change(name, false);
-        catalog::insert_key(client, &id, 1, &key_id, &wrapped, now, true)
+        Ok(())
     })
+}
+
+/// Creates the group row and its version 1; false if the name was taken
+/// meanwhile (by a concurrent transaction that has since committed).
+fn insert_new_group(
+    client: &mut SpiClient<'_>,
+    name: &str,
+    settings: &GroupSettings,
+    rotation_interval: Option<Interval>,
+    propagation_delay: Interval,
+    kms_key: Option<&str>,
+) -> VaultResult<bool> {
+    let (kms_name, kms_kind) = catalog::resolve_kms_key(client, kms_key)?;
+    let id = new_group_id();
+    let (key_id, wrapped) = kms::new_ring_key(&id, &kms_name, &kms_kind, settings.key_bytes as usize, 1)?;
+    let now = catalog::clock();
+    let group = NewGroup {
+        id,
+        name,
+        purpose: settings.purpose,
+        rotation_interval,
+        propagation_delay,
+        ring_size: settings.ring_size,
+        key_bytes: settings.key_bytes,
+        kms_key: &kms_name,
+    };
+    if !catalog::insert_group(client, &group, now)? {
+        return Ok(false);
+    }
+    coherence::note_created(name);
+    catalog::insert_key(client, &id, 1, &key_id, &wrapped, now, true)?;
+    Ok(true)
+}
+
+/// Creates a group with default settings unless it exists (for the default
+/// secrets group, made on first use; a concurrent creator is fine).
+pub(crate) fn create_group_in(client: &mut SpiClient<'_>, name: &str, purpose: Purpose) -> VaultResult<()> {
+    let settings = GroupSettings {
+        purpose,
+        rotation_interval: None,
+        propagation_delay: Span { months: 0, days: 0, micros: 30_000_000 },
+        ring_size: 16,
+        key_bytes: 32,
+    };
+    let delay = Interval::new(0, 0, 30_000_000).map_err(|e| VaultError::Internal(format!("interval: {e:?}")))?;
+    insert_new_group(client, name, &settings, None, delay, None)?;
+    Ok(())
 }
 
 /// Creates a key group with version 1 active at once.
@@ -161,6 +190,10 @@ fn retire(group_name: &str, below_version: i32) {
 fn drop_group(group_name: &str) {
     require_writable("drop a key group").or_raise();
     Spi::connect_mut(|client| -> VaultResult<()> {
+        let group = catalog::group(client, group_name)?;
+        if crate::secret_store::group_in_use(client, &group.id)? {
+            return Err(VaultError::GroupInUse(group_name.to_string()));
+        }
         if catalog::delete_group(client, group_name)? {
             coherence::note_change(group_name, false);
             Ok(())

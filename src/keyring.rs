@@ -71,6 +71,17 @@ pub fn resolve(name: &str, purpose: Purpose, operation: &'static str, want: Want
     load(name, purpose, operation, want, !dirty)
 }
 
+/// The current key of an 'encrypt' group if the shared cache holds it; for
+/// the worker, which must not reach the KMS inside a transaction.
+pub fn cached_current(name: &str) -> Option<Resolved> {
+    match probe_cache(name, Want::Current)? {
+        (info, Probe::Hit(version), key) if info.purpose == purpose_code(Purpose::Encrypt) => {
+            Some(Resolved { group_id: info.group_id, version, key })
+        }
+        _ => None,
+    }
+}
+
 fn retired(name: &str, want: Want) -> VaultError {
     let version = match want {
         Want::Version(v) => v,

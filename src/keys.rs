@@ -41,24 +41,30 @@ finfo_v1!(pg_finfo_vault_resolve);
 finfo_v1!(pg_finfo_vault_encrypt);
 finfo_v1!(pg_finfo_vault_decrypt);
 
-/// The blessed result descriptor, built once per call site and kept in fn_extra.
+thread_local! {
+    static CURRENT_TUPDESC: std::cell::Cell<pg_sys::TupleDesc> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// The blessed result descriptor of vault.current, built once per backend.
+/// A FROM-clause call gets a new FmgrInfo on every execution, so fn_extra
+/// would not survive; the OUT parameters are fixed by this library, so one
+/// copy in TopMemoryContext serves every call.
 unsafe fn result_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    let cached = CURRENT_TUPDESC.get();
+    if !cached.is_null() {
+        return cached;
+    }
     unsafe {
-        let flinfo = (*fcinfo).flinfo;
-        let cached = (*flinfo).fn_extra as pg_sys::TupleDesc;
-        if !cached.is_null() {
-            return cached;
-        }
         let mut td: pg_sys::TupleDesc = std::ptr::null_mut();
         if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut td)
             != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
         {
             VaultError::Internal("vault.current must be declared with OUT parameters".into()).raise();
         }
-        let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
         let td = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(td));
         pg_sys::MemoryContextSwitchTo(old);
-        (*flinfo).fn_extra = td as *mut std::ffi::c_void;
+        CURRENT_TUPDESC.set(td);
         td
     }
 }

@@ -12,6 +12,8 @@ mod guc;
 mod keyring;
 mod keys;
 mod kms;
+mod secret_store;
+mod secrets;
 mod shmem;
 mod stats;
 mod worker;

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 
+use secret_vault_core::format;
+use secret_vault_core::secret::{self, Generator};
+
 use crate::catalog;
 use crate::error::{VaultError, VaultResult};
-use crate::{coherence, guc, keyring, kms, shmem};
+use crate::{coherence, guc, keyring, kms, secret_store, secrets, shmem};
 
 const DUE_BATCH: i64 = 32;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -47,6 +50,7 @@ fn record_error(context: &str, e: VaultError) {
 
 struct Worker {
     last_sync: Option<Instant>,
+    secrets_fingerprint: Option<(i64, i64)>,
     rotate_backoff: Duration,
     rotate_not_before: Instant,
 }
@@ -59,7 +63,7 @@ pub extern "C-unwind" fn secret_vault_worker_main(_arg: pg_sys::Datum) {
     shmem::bump(|c| c.worker_pid.store(unsafe { pg_sys::MyProcPid } as i64, Ordering::Relaxed));
     pgrx::log!("secret_vault worker started on database \"{}\"", guc::database());
 
-    let mut w = Worker { last_sync: None, rotate_backoff: Duration::ZERO, rotate_not_before: Instant::now() };
+    let mut w = Worker { last_sync: None, secrets_fingerprint: None, rotate_backoff: Duration::ZERO, rotate_not_before: Instant::now() };
     loop {
         w.tick();
         let interval = Duration::from_millis(guc::WORKER_INTERVAL_MS.get().max(10) as u64);
@@ -92,7 +96,7 @@ impl Worker {
         }
         let writable = !unsafe { pg_sys::RecoveryInProgress() };
         if writable && guc::ROTATION.get() && Instant::now() >= self.rotate_not_before {
-            match self.rotate_due() {
+            match self.rotate_due().and_then(|_| self.rotate_due_secrets()) {
                 Ok(()) => self.rotate_backoff = Duration::ZERO,
                 Err(e) => {
                     // Back off on failures (a KMS outage), doubling up to a cap.
@@ -143,11 +147,60 @@ impl Worker {
         Ok(())
     }
 
+    /// Rotates each due rotating secret once for its due time. The value is
+    /// generated and sealed between transactions with a ring key from the
+    /// cache (warmed first on a miss), so no KMS call happens inside one.
+    fn rotate_due_secrets(&mut self) -> VaultResult<()> {
+        let due = txn(|| Spi::connect(|c| secret_store::due(c, catalog::clock(), DUE_BATCH)))?;
+        for (s, due_at) in due {
+            let spec = s.generator.as_deref().ok_or_else(|| VaultError::ManualSecret(s.name.clone()))?;
+            let value = Generator::parse(spec)?.generate();
+            let next = s.current_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(s.name.clone()))?;
+            let key = match keyring::cached_current(&s.group) {
+                Some(k) => k,
+                None => {
+                    self.warm(&s.group)?;
+                    keyring::cached_current(&s.group).ok_or_else(|| VaultError::NoCurrentVersion(s.group.clone()))?
+                }
+            };
+            let ct = format::encrypt(
+                guc::cipher(),
+                key.key.as_slice(),
+                key.version as u32,
+                &key.group_id,
+                &secret::value_context(&s.id, next as u32),
+                value.as_bytes(),
+            )?;
+            let rotated = txn(|| {
+                Spi::connect_mut(|c| -> VaultResult<bool> {
+                    let now = catalog::clock();
+                    if !secret_store::claim_next(c, &s.id, next, now, Some(due_at))? {
+                        return Ok(false);
+                    }
+                    secret_store::insert_value(c, &s.id, next, now, &ct)?;
+                    coherence::note_change(&secrets::dirty_key(&s.name), true);
+                    Ok(true)
+                })
+            })?;
+            if rotated {
+                pgrx::log!("secret_vault worker: rotated secret \"{}\" to version {next}", s.name);
+            }
+        }
+        Ok(())
+    }
+
     /// Drops cache slots the tables no longer agree with (changes replayed on
     /// a standby, applied by a subscriber, restored, or made by hand), then
     /// loads groups into free slots.
     fn sync(&mut self) -> VaultResult<()> {
-        let seqs = txn(|| Spi::connect(|c| catalog::group_sequences(c)))?;
+        let (seqs, fingerprint) =
+            txn(|| Spi::connect(|c| Ok::<_, VaultError>((catalog::group_sequences(c)?, secret_store::fingerprint(c)?))))?;
+        // Secrets are cached per backend against the epoch: a change the
+        // worker did not see committed here (replay, apply, restore) bumps it.
+        if self.secrets_fingerprint.is_some_and(|f| f != fingerprint) {
+            shmem::with_exclusive(|c| c.touch());
+        }
+        self.secrets_fingerprint = Some(fingerprint);
         let table: HashMap<&str, i64> = seqs.iter().map(|(n, s)| (n.as_str(), *s)).collect();
         let cached = shmem::with_shared(|c| c.cached_groups()).unwrap_or_default();
         let mut present: Vec<String> = Vec::with_capacity(cached.len());

@@ -375,6 +375,13 @@ impl RingCache {
         }
     }
 
+    /// Bumps the epoch without dropping a slot: every backend-local cache
+    /// validated by the epoch (secrets) reloads on next use.
+    pub fn touch(&mut self) {
+        self.bump_epoch();
+        self.counters().invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn invalidate_all(&mut self) {
         self.bump_epoch();
         self.counters().invalidations.fetch_add(1, Ordering::Relaxed);

@@ -13,6 +13,7 @@ pub mod format;
 pub mod keys;
 pub mod kms;
 pub mod policy;
+pub mod secret;
 
 pub use error::{CryptoError, KmsError, PolicyError};
 pub use keys::KeyBytes;

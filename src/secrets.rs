@@ -1,0 +1,360 @@
+//! The secrets SQL API (DESIGN.md, "Secrets").
+//!
+//! Reads (`read_secret`, `verify_secret`) are SECURITY INVOKER hot paths:
+//! a backend-local cache holds each secret's *ciphertexts* (never values),
+//! valid while the shared invalidation epoch is unchanged; ring keys come
+//! from the shared cache. So a warm read costs no SPI and no KMS call, and
+//! the plaintext exists only for the duration of the call.
+//! Writes are SECURITY DEFINER with a pinned search_path.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::Uuid;
+use rand::RngCore;
+use secret_vault_core::policy::{self, Purpose, Span};
+use secret_vault_core::secret::{self, Generator};
+use secret_vault_core::{format, PolicyError};
+use zeroize::Zeroizing;
+
+use crate::catalog;
+use crate::error::{require_writable, required, OrRaise, VaultError, VaultResult};
+use crate::keyring::{self, Want};
+use crate::secret_store::{self, NewSecret, SecretRow, ValueRow};
+use crate::{coherence, guc, shmem};
+
+/// Name of the encrypt group used when `key_group` is NULL; made on first use.
+pub const DEFAULT_GROUP: &str = "vault/secrets";
+/// Bound on the backend-local ciphertext cache (entries).
+const LOCAL_CACHE_MAX: usize = 10_000;
+
+/// Coherence key: secrets share the dirty set and epoch with groups.
+pub(crate) fn dirty_key(name: &str) -> String {
+    format!("secret\u{0}{name}")
+}
+
+#[derive(Clone)]
+struct Cached {
+    epoch: u64,
+    secret: SecretRow,
+    values: Vec<ValueRow>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<HashMap<String, Cached>> = RefCell::new(HashMap::new());
+}
+
+fn new_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+/// A secret and its live ciphertexts: from the local cache when it is still
+/// valid, else from the tables (as owner, fresh snapshot), cached when safe.
+fn live(name: &str) -> VaultResult<(SecretRow, Vec<ValueRow>)> {
+    let dirty = coherence::is_dirty(&dirty_key(name));
+    let epoch = shmem::epoch();
+    if let (false, Some(e)) = (dirty, epoch) {
+        if let Some(c) = LOCAL.with(|l| l.borrow().get(name).filter(|c| c.epoch == e).cloned()) {
+            return Ok((c.secret, c.values));
+        }
+    }
+    let (s, values) = catalog::as_owner(|| {
+        Spi::connect(|c| {
+            let s = secret_store::get(c, name)?;
+            let values = secret_store::live_values(c, &s, catalog::clock())?;
+            Ok((s, values))
+        })
+    })?;
+    if let (false, Some(e), true) = (dirty, epoch, catalog::may_fill_shared_cache()) {
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.len() >= LOCAL_CACHE_MAX {
+                l.clear();
+            }
+            l.insert(name.to_string(), Cached { epoch: e, secret: s.clone(), values: values.clone() });
+        });
+    }
+    Ok((s, values))
+}
+
+fn open(group: &str, id: &[u8; 16], version: i32, ciphertext: &[u8], op: &'static str) -> VaultResult<Zeroizing<Vec<u8>>> {
+    let parsed = format::parse(ciphertext)?;
+    let key = keyring::resolve(group, Purpose::Encrypt, op, Want::Version(parsed.key_version as i64))?;
+    Ok(format::decrypt(&parsed, key.key.as_slice(), &key.group_id, &secret::value_context(id, version as u32))?)
+}
+
+fn seal(group: &str, id: &[u8; 16], version: i32, value: &[u8], op: &'static str) -> VaultResult<Vec<u8>> {
+    let key = keyring::resolve(group, Purpose::Encrypt, op, Want::Current)?;
+    Ok(format::encrypt(
+        guc::cipher(),
+        key.key.as_slice(),
+        key.version as u32,
+        &key.group_id,
+        &secret::value_context(id, version as u32),
+        value,
+    )?)
+}
+
+fn utf8(bytes: Zeroizing<Vec<u8>>) -> VaultResult<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| VaultError::Internal("stored secret value is not UTF-8".into()))
+}
+
+/// The group to seal under: the named one (must be 'encrypt'), or the
+/// default, created here on first use.
+fn seal_group(client: &mut pgrx::spi::SpiClient<'_>, key_group: Option<&str>) -> VaultResult<catalog::GroupRow> {
+    let name = key_group.unwrap_or(DEFAULT_GROUP);
+    let group = match catalog::load_group(client, name)? {
+        Some(g) => g,
+        None if key_group.is_none() => {
+            crate::groups::create_group_in(client, DEFAULT_GROUP, Purpose::Encrypt)?;
+            catalog::group(client, DEFAULT_GROUP)?
+        }
+        None => return Err(VaultError::GroupNotFound(name.to_string())),
+    };
+    if group.purpose != Purpose::Encrypt {
+        return Err(VaultError::WrongPurpose { group: group.name, purpose: group.purpose, operation: "sealing secrets" });
+    }
+    Ok(group)
+}
+
+fn validate_value(value: &str) -> VaultResult<()> {
+    // A secret's value is shown by no error; only its size is checked here.
+    if value.len() > 1 << 20 {
+        return Err(PolicyError::Invalid("a secret value may be at most 1 MiB".into()).into());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create(
+    name: &str,
+    kind: &'static str,
+    value: &str,
+    description: Option<&str>,
+    key_group: Option<&str>,
+    rotation_interval: Option<Interval>,
+    grace_period: Option<Interval>,
+    generator: Option<&str>,
+) -> VaultResult<Uuid> {
+    require_writable("create a secret")?;
+    policy::validate_name("secret", name)?;
+    validate_value(value)?;
+    Spi::connect_mut(|client| {
+        let group = seal_group(client, key_group)?;
+        let id = new_id();
+        let now = catalog::clock();
+        let new = NewSecret {
+            id,
+            name,
+            kind,
+            description,
+            group_id: group.id,
+            rotation_interval,
+            grace_period,
+            generator,
+        };
+        if !secret_store::insert(client, &new, now)? {
+            return Err(VaultError::SecretExists(name.to_string()));
+        }
+        let ct = seal(&group.name, &id, 1, value.as_bytes(), "vault.create_secret")?;
+        secret_store::insert_value(client, &id, 1, now, &ct)?;
+        coherence::note_created(&dirty_key(name));
+        Ok(Uuid::from_bytes(id))
+    })
+}
+
+/// Stores a secret set by hand; returns its id.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_secret(
+    name: Option<&str>,
+    value: Option<&str>,
+    description: default!(Option<&str>, "NULL"),
+    key_group: default!(Option<&str>, "NULL"),
+) -> Uuid {
+    (|| {
+        let name = required(name, "name")?;
+        let value = required(value, "value")?;
+        create(name, "manual", value, description, key_group, None, None, None)
+    })()
+    .or_raise()
+}
+
+fn span(iv: &Interval) -> Span {
+    Span { months: iv.months(), days: iv.days(), micros: iv.micros() }
+}
+
+/// Stores a secret whose values are generated and rotated on a schedule.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_rotating_secret(
+    name: Option<&str>,
+    rotation_interval: Option<Interval>,
+    grace_period: default!(Option<Interval>, "'1 hour'"),
+    generator: default!(Option<&str>, "'base64url:32'"),
+    description: default!(Option<&str>, "NULL"),
+    key_group: default!(Option<&str>, "NULL"),
+) -> Uuid {
+    (|| {
+        let name = required(name, "name")?;
+        let interval = required(rotation_interval, "rotation_interval")?;
+        let grace = required(grace_period, "grace_period")?;
+        let spec = required(generator, "generator")?;
+        if span(&interval).approx_micros() <= 0 {
+            return Err(PolicyError::Invalid("rotation_interval must be positive".into()).into());
+        }
+        if span(&grace).approx_micros() < 0 {
+            return Err(PolicyError::Invalid("grace_period must not be negative".into()).into());
+        }
+        let value = Generator::parse(spec)?.generate();
+        create(name, "rotating", &value, description, key_group, Some(interval), Some(grace), Some(spec))
+    })()
+    .or_raise()
+}
+
+/// The current value.
+#[pg_extern(stable, strict, parallel_safe)]
+fn read_secret(name: &str) -> String {
+    (|| {
+        let (s, values) = live(name)?;
+        let v = values
+            .iter()
+            .find(|v| v.version == s.current_version)
+            .ok_or_else(|| VaultError::Internal(format!("secret \"{name}\" has no current value")))?;
+        utf8(open(&s.group, &s.id, v.version, &v.ciphertext, "vault.read_secret")?)
+    })()
+    .or_raise()
+}
+
+/// Whether `candidate` is the current value or one still inside its grace
+/// window. Every live value is decrypted and compared, in constant time,
+/// whichever matches.
+#[pg_extern(stable, strict, parallel_safe)]
+fn verify_secret(name: &str, candidate: &str) -> bool {
+    (|| {
+        let (s, values) = live(name)?;
+        let now = catalog::now_micros();
+        let mut plain: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(values.len());
+        for v in &values {
+            if secret::still_valid(v.version == s.current_version, v.valid_until, now) {
+                plain.push(open(&s.group, &s.id, v.version, &v.ciphertext, "vault.verify_secret")?);
+            }
+        }
+        Ok(secret::verify(candidate.as_bytes(), plain.iter().map(|p| p.as_slice())))
+    })()
+    .or_raise()
+}
+
+fn next_version(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    name: &str,
+    value: Option<&str>,
+    op: &'static str,
+) -> VaultResult<i32> {
+    for _ in 0..8 {
+        let s = secret_store::get(client, name)?;
+        let generated;
+        let value: &str = match value {
+            Some(v) => v,
+            None => {
+                let spec = s.generator.as_deref().filter(|_| s.rotating()).ok_or_else(|| VaultError::ManualSecret(name.to_string()))?;
+                generated = Generator::parse(spec)?.generate();
+                &generated
+            }
+        };
+        let next = s.current_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(name.to_string()))?;
+        let ct = seal(&s.group, &s.id, next, value.as_bytes(), op)?;
+        let now = catalog::clock();
+        if secret_store::claim_next(client, &s.id, next, now, None)? {
+            secret_store::insert_value(client, &s.id, next, now, &ct)?;
+            coherence::note_change(&dirty_key(name), false);
+            return Ok(next);
+        }
+    }
+    Err(VaultError::RotationContention(name.to_string()))
+}
+
+/// Sets a new value; returns its version. A manual secret's previous value
+/// stops verifying at once; a rotating one's after its grace period.
+#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn update_secret(name: &str, value: &str) -> i32 {
+    (|| {
+        require_writable("update a secret")?;
+        validate_value(value)?;
+        Spi::connect_mut(|c| next_version(c, name, Some(value), "vault.update_secret"))
+    })()
+    .or_raise()
+}
+
+/// Generates a new value for a rotating secret now; returns its version.
+#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn rotate_secret(name: &str) -> i32 {
+    (|| {
+        require_writable("rotate a secret")?;
+        Spi::connect_mut(|c| next_version(c, name, None, "vault.rotate_secret"))
+    })()
+    .or_raise()
+}
+
+/// Deletes a secret and erases every ciphertext of it.
+#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn delete_secret(name: &str) {
+    (|| {
+        require_writable("delete a secret")?;
+        Spi::connect_mut(|c| {
+            if !secret_store::delete(c, name)? {
+                return Err(VaultError::SecretNotFound(name.to_string()));
+            }
+            coherence::note_change(&dirty_key(name), false);
+            Ok(())
+        })
+    })()
+    .or_raise()
+}
+
+/// Every version's metadata; never a value.
+#[pg_extern(stable, strict, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn secret_versions(
+    name: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(version, i32),
+        name!(created_at, TimestampWithTimeZone),
+        name!(valid_until, Option<TimestampWithTimeZone>),
+        name!(state, String),
+    ),
+> {
+    let rows = Spi::connect(|c| -> VaultResult<_> {
+        let s = secret_store::get(c, name)?;
+        let now = catalog::now_micros();
+        Ok(secret_store::versions(c, &s.id)?
+            .into_iter()
+            .map(|(v, created, until)| {
+                let state = secret::version_state(v == s.current_version, until.map(Into::into), now);
+                (v, created, until, state.to_string())
+            })
+            .collect::<Vec<_>>())
+    })
+    .or_raise();
+    TableIterator::new(rows)
+}
+
+/// Decrypts one stored value for `vault.decrypted_secrets`. It needs the
+/// ciphertext, which only the view (as its owner) can read; the AAD binds it
+/// to its secret and version.
+#[pg_extern(stable, strict, parallel_safe, name = "_open_secret")]
+fn open_secret(key_group: &str, secret_id: Uuid, version: i32, ciphertext: &[u8]) -> String {
+    (|| utf8(open(key_group, secret_id.as_bytes(), version, ciphertext, "vault.decrypted_secrets")?))().or_raise()
+}
