@@ -175,7 +175,7 @@ pub fn insert(client: &mut SpiClient<'_>, s: &NewSecret<'_>, now: TimestampWithT
         "INSERT INTO vault.secret_store
              (id, name, kind, description, key_group_id, rotation_interval, grace_period, generator,
               current_version, created_at, updated_at, next_rotation_at)
-         VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.coalesce($7, '0'::pg_catalog.interval), $8, 1, $9, $9,
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '0'::pg_catalog.interval), $8, 1, $9, $9,
                  $9 OPERATOR(pg_catalog.+) $6)
          ON CONFLICT (name) DO NOTHING
          RETURNING 1",
@@ -296,7 +296,7 @@ pub fn group_in_use(client: &SpiClient<'_>, group_id: &Id) -> VaultResult<bool> 
 pub fn fingerprint(client: &SpiClient<'_>) -> VaultResult<(i64, i64)> {
     let rows = select(
         client,
-        "SELECT pg_catalog.count(*), pg_catalog.coalesce(pg_catalog.sum(change_seq), 0)::pg_catalog.int8
+        "SELECT pg_catalog.count(*), COALESCE(pg_catalog.sum(change_seq), 0)::pg_catalog.int8
            FROM vault.secret_store",
         &[],
         &[],
