@@ -6,8 +6,6 @@
 //! a fresh snapshot), unwrap them through the KMS, store them in the cache
 //! when that is safe, and answer from what was read.
 
-use std::sync::atomic::Ordering;
-
 use pgrx::prelude::*;
 use secret_vault_core::aad::GroupId;
 use secret_vault_core::cache::{Fill, FillEntry, KeyBuf, Probe, SlotInfo};
@@ -24,11 +22,11 @@ pub enum Want {
     Version(i64),
 }
 
-/// A key handed to a SQL function: its group, version and bytes.
+/// Which key was handed out; its bytes are in the caller's `KeyBuf`.
+#[derive(Clone, Copy)]
 pub struct Resolved {
     pub group_id: GroupId,
     pub version: i32,
-    pub key: KeyBuf,
 }
 
 fn purpose_code(p: Purpose) -> u8 {
@@ -46,37 +44,33 @@ fn wrong_purpose(name: &str, actual: Purpose, operation: &'static str) -> VaultE
     VaultError::WrongPurpose { group: name.to_string(), purpose: actual, operation }
 }
 
-/// The key `want`ed from group `name`, which must have purpose `purpose`.
-pub fn resolve(name: &str, purpose: Purpose, operation: &'static str, want: Want) -> VaultResult<Resolved> {
+/// The key `want`ed from group `name`, which must have purpose `purpose`,
+/// copied into `out` (the caller's buffer: no copy of key bytes is moved around).
+pub fn resolve(name: &str, purpose: Purpose, operation: &'static str, want: Want, out: &mut KeyBuf) -> VaultResult<Resolved> {
     let dirty = coherence::is_dirty(name);
     if !dirty {
-        if let Some(r) = probe_cache(name, want) {
-            let (info, probe, key) = r;
-            shmem::bump(|c| {
-                c.cache_hits.fetch_add(1, Ordering::Relaxed);
-            });
+        if let Some((info, probe)) = probe_cache(name, want, out) {
+            shmem::count_lookup(true);
             if info.purpose != purpose_code(purpose) {
                 return Err(wrong_purpose(name, purpose_of(info.purpose), operation));
             }
             return match probe {
-                Probe::Hit(version) => Ok(Resolved { group_id: info.group_id, version, key }),
+                Probe::Hit(version) => Ok(Resolved { group_id: info.group_id, version }),
                 Probe::Retired => Err(retired(name, want)),
                 Probe::Miss => unreachable!("probe_cache filters misses"),
             };
         }
     }
-    shmem::bump(|c| {
-        c.cache_misses.fetch_add(1, Ordering::Relaxed);
-    });
-    load(name, purpose, operation, want, !dirty)
+    shmem::count_lookup(false);
+    load(name, purpose, operation, want, !dirty, out)
 }
 
 /// The current key of an 'encrypt' group if the shared cache holds it; for
 /// the worker, which must not reach the KMS inside a transaction.
-pub fn cached_current(name: &str) -> Option<Resolved> {
-    match probe_cache(name, Want::Current)? {
-        (info, Probe::Hit(version), key) if info.purpose == purpose_code(Purpose::Encrypt) => {
-            Some(Resolved { group_id: info.group_id, version, key })
+pub fn cached_current(name: &str, out: &mut KeyBuf) -> Option<Resolved> {
+    match probe_cache(name, Want::Current, out)? {
+        (info, Probe::Hit(version)) if info.purpose == purpose_code(Purpose::Encrypt) => {
+            Some(Resolved { group_id: info.group_id, version })
         }
         _ => None,
     }
@@ -90,28 +84,30 @@ fn retired(name: &str, want: Want) -> VaultError {
     VaultError::VersionRetired { group: name.to_string(), version }
 }
 
-fn probe_cache(name: &str, want: Want) -> Option<(SlotInfo, Probe, KeyBuf)> {
-    let now = catalog::now_micros();
+fn probe_cache(name: &str, want: Want, out: &mut KeyBuf) -> Option<(SlotInfo, Probe)> {
+    // Only `current` depends on the time; reading the clock costs a syscall.
+    let now = match want {
+        Want::Current => catalog::now_micros(),
+        Want::Version(_) => 0,
+    };
     shmem::with_shared(|c| {
         let slot = c.find(name)?;
         let info = c.info(slot);
-        let mut key = KeyBuf::new();
         let probe = match want {
-            Want::Current => c.current(slot, now, &mut key),
+            Want::Current => c.current(slot, now, out),
             Want::Version(v) => match i32::try_from(v) {
-                Ok(v) => c.at_version(slot, v, &mut key),
+                Ok(v) => c.at_version(slot, v, out),
                 Err(_) => Probe::Miss,
             },
         };
-        (probe != Probe::Miss).then_some((info, probe, key))
+        (probe != Probe::Miss).then_some((info, probe))
     })
     .flatten()
 }
 
-fn to_resolved(group: &GroupRow, version: i32, key: &KeyBytes) -> Resolved {
-    let mut buf = KeyBuf::new();
-    buf.set(key.as_bytes());
-    Resolved { group_id: group.id, version, key: buf }
+fn to_resolved(group: &GroupRow, version: i32, key: &KeyBytes, out: &mut KeyBuf) -> Resolved {
+    out.set(key.as_bytes());
+    Resolved { group_id: group.id, version }
 }
 
 /// A group's hot window as read from the tables.
@@ -163,7 +159,14 @@ pub fn store(epoch: u64, w: &Window, keys: &[Option<KeyBytes>]) {
     shmem::with_exclusive(|c| c.fill(epoch, &Fill { name: &w.group.name, info, window_low: w.low, entries: &entries }));
 }
 
-fn load(name: &str, purpose: Purpose, operation: &'static str, want: Want, cacheable: bool) -> VaultResult<Resolved> {
+fn load(
+    name: &str,
+    purpose: Purpose,
+    operation: &'static str,
+    want: Want,
+    cacheable: bool,
+    out: &mut KeyBuf,
+) -> VaultResult<Resolved> {
     // Read the epoch before the snapshot: an invalidation after this point
     // makes the store below a no-op, so nothing older than it is cached.
     let epoch = shmem::epoch();
@@ -192,7 +195,7 @@ fn load(name: &str, purpose: Purpose, operation: &'static str, want: Want, cache
             match policy::current_version(&facts, catalog::now_micros()) {
                 Some(v) => {
                     let i = find(v as i32).expect("current comes from rows");
-                    Ok(to_resolved(&group, v as i32, keys[i].as_ref().expect("current is not retired")))
+                    Ok(to_resolved(&group, v as i32, keys[i].as_ref().expect("current is not retired"), out))
                 }
                 None if window_low <= 1 => Err(VaultError::NoCurrentVersion(name.to_string())),
                 // Every cached version is pending or retired: the current one is older.
@@ -200,7 +203,7 @@ fn load(name: &str, purpose: Purpose, operation: &'static str, want: Want, cache
                     let row = catalog::as_owner(|| {
                         Spi::connect(|c| catalog::current_key_row(c, &group, catalog::clock()))
                     })?;
-                    Ok(to_resolved(&group, row.version, &kms::unwrap(&group, &row)?))
+                    Ok(to_resolved(&group, row.version, &kms::unwrap(&group, &row)?, out))
                 }
             }
         }
@@ -212,7 +215,7 @@ fn load(name: &str, purpose: Purpose, operation: &'static str, want: Want, cache
             }
             if let Some(i) = find(v) {
                 return match &keys[i] {
-                    Some(k) => Ok(to_resolved(&group, v, k)),
+                    Some(k) => Ok(to_resolved(&group, v, k, out)),
                     None => Err(retired(name, want)),
                 };
             }
@@ -222,7 +225,7 @@ fn load(name: &str, purpose: Purpose, operation: &'static str, want: Want, cache
             if row.retired {
                 return Err(retired(name, want));
             }
-            Ok(to_resolved(&group, v, &kms::unwrap(&group, &row)?))
+            Ok(to_resolved(&group, v, &kms::unwrap(&group, &row)?, out))
         }
     }
 }

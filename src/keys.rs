@@ -15,6 +15,7 @@ use secret_vault_core::policy::Purpose;
 use crate::error::{OrRaise, VaultError};
 use crate::guc;
 use crate::keyring::{self, Want};
+use secret_vault_core::cache::KeyBuf;
 
 unsafe fn arg<'a, T: FromDatum + 'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> T {
     // All four functions are STRICT: PostgreSQL never passes NULL.
@@ -74,10 +75,11 @@ unsafe fn result_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc 
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn vault_current(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let name: &str = unsafe { arg(fcinfo, 0) };
-    let r = keyring::resolve(name, Purpose::Export, "vault.current", Want::Current).or_raise();
+    let mut key = KeyBuf::new();
+    let r = keyring::resolve(name, Purpose::Export, "vault.current", Want::Current, &mut key).or_raise();
     unsafe {
         let td = result_tupdesc(fcinfo);
-        let mut values = [pg_sys::Datum::from(r.version), bytea(r.key.as_slice())];
+        let mut values = [pg_sys::Datum::from(r.version), bytea(key.as_slice())];
         let mut nulls = [false, false];
         let tuple = pg_sys::heap_form_tuple(td, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
@@ -90,8 +92,9 @@ pub unsafe extern "C-unwind" fn vault_current(fcinfo: pg_sys::FunctionCallInfo) 
 pub unsafe extern "C-unwind" fn vault_resolve(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let name: &str = unsafe { arg(fcinfo, 0) };
     let version: i32 = unsafe { arg(fcinfo, 1) };
-    let r = keyring::resolve(name, Purpose::Export, "vault.resolve", Want::Version(version as i64)).or_raise();
-    bytea(r.key.as_slice())
+    let mut key = KeyBuf::new();
+    keyring::resolve(name, Purpose::Export, "vault.resolve", Want::Version(version as i64), &mut key).or_raise();
+    bytea(key.as_slice())
 }
 
 /// vault.encrypt(group_name text, plaintext bytea, context bytea) RETURNS bytea
@@ -101,8 +104,9 @@ pub unsafe extern "C-unwind" fn vault_encrypt(fcinfo: pg_sys::FunctionCallInfo) 
     let name: &str = unsafe { arg(fcinfo, 0) };
     let plaintext: &[u8] = unsafe { arg(fcinfo, 1) };
     let context: &[u8] = unsafe { arg(fcinfo, 2) };
-    let r = keyring::resolve(name, Purpose::Encrypt, "vault.encrypt", Want::Current).or_raise();
-    let ct = format::encrypt(guc::cipher(), r.key.as_slice(), r.version as u32, &r.group_id, context, plaintext)
+    let mut key = KeyBuf::new();
+    let r = keyring::resolve(name, Purpose::Encrypt, "vault.encrypt", Want::Current, &mut key).or_raise();
+    let ct = format::encrypt(guc::cipher(), key.as_slice(), r.version as u32, &r.group_id, context, plaintext)
         .map_err(VaultError::from)
         .or_raise();
     bytea(&ct)
@@ -116,12 +120,21 @@ pub unsafe extern "C-unwind" fn vault_decrypt(fcinfo: pg_sys::FunctionCallInfo) 
     let ciphertext: &[u8] = unsafe { arg(fcinfo, 1) };
     let context: &[u8] = unsafe { arg(fcinfo, 2) };
     let parsed = format::parse(ciphertext).map_err(VaultError::from).or_raise();
-    let r = keyring::resolve(name, Purpose::Encrypt, "vault.decrypt", Want::Version(parsed.key_version as i64))
+    let mut key = KeyBuf::new();
+    let r = keyring::resolve(name, Purpose::Encrypt, "vault.decrypt", Want::Version(parsed.key_version as i64), &mut key)
         .or_raise();
-    let plaintext = format::decrypt(&parsed, r.key.as_slice(), &r.group_id, context)
-        .map_err(VaultError::from)
-        .or_raise();
-    bytea(&plaintext)
+    // Open straight into the result bytea: no intermediate plaintext copy.
+    let n = format::plaintext_len(&parsed);
+    unsafe {
+        let result = pg_sys::palloc(pg_sys::VARHDRSZ + n) as *mut pg_sys::varlena;
+        pgrx::varlena::set_varsize_4b(result, (pg_sys::VARHDRSZ + n) as i32);
+        let data = std::slice::from_raw_parts_mut(pgrx::varlena::vardata_4b(result) as *mut u8, n);
+        if let Err(e) = format::decrypt_into(&parsed, key.as_slice(), &r.group_id, context, data) {
+            pg_sys::pfree(result as *mut std::ffi::c_void);
+            VaultError::from(e).raise();
+        }
+        pg_sys::Datum::from(result)
+    }
 }
 
 extension_sql!(

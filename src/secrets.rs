@@ -14,6 +14,7 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use rand::RngCore;
+use secret_vault_core::cache::KeyBuf;
 use secret_vault_core::policy::{self, Purpose, Span};
 use secret_vault_core::secret::{self, Generator};
 use secret_vault_core::{format, PolicyError};
@@ -85,17 +86,19 @@ fn live(name: &str) -> VaultResult<(SecretRow, Vec<ValueRow>)> {
 
 fn open(group: &str, id: &[u8; 16], version: i32, ciphertext: &[u8], op: &'static str) -> VaultResult<Zeroizing<Vec<u8>>> {
     let parsed = format::parse(ciphertext)?;
-    let key = keyring::resolve(group, Purpose::Encrypt, op, Want::Version(parsed.key_version as i64))?;
-    Ok(format::decrypt(&parsed, key.key.as_slice(), &key.group_id, &secret::value_context(id, version as u32))?)
+    let mut key = KeyBuf::new();
+    let r = keyring::resolve(group, Purpose::Encrypt, op, Want::Version(parsed.key_version as i64), &mut key)?;
+    Ok(format::decrypt(&parsed, key.as_slice(), &r.group_id, &secret::value_context(id, version as u32))?)
 }
 
 fn seal(group: &str, id: &[u8; 16], version: i32, value: &[u8], op: &'static str) -> VaultResult<Vec<u8>> {
-    let key = keyring::resolve(group, Purpose::Encrypt, op, Want::Current)?;
+    let mut key = KeyBuf::new();
+    let r = keyring::resolve(group, Purpose::Encrypt, op, Want::Current, &mut key)?;
     Ok(format::encrypt(
         guc::cipher(),
-        key.key.as_slice(),
-        key.version as u32,
-        &key.group_id,
+        key.as_slice(),
+        r.version as u32,
+        &r.group_id,
         &secret::value_context(id, version as u32),
         value,
     )?)

@@ -14,12 +14,23 @@ use secret_vault_core::cache::{Counters, RingCache};
 use crate::guc;
 
 const REGION_NAME: &CStr = c"secret_vault ring cache";
+const PER_BACKEND_NAME: &CStr = c"secret_vault per-backend counters";
+
+/// Hit and miss counts of one backend, on a cache line of its own: a hit
+/// then costs a plain store, with no line shared between backends.
+#[repr(C, align(64))]
+pub struct BackendCounters {
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+}
 const TRANCHE: &CStr = c"secret_vault";
 
 // Set in the postmaster by the startup hook and inherited by every child.
 static mut REGION: *mut u8 = null_mut();
 static mut LOCK: *mut pg_sys::LWLock = null_mut();
 static mut SLOTS: usize = 0;
+static mut PER_BACKEND: *mut BackendCounters = null_mut();
+static mut PER_BACKEND_LEN: usize = 0;
 static mut VERSIONS: usize = 0;
 static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
@@ -65,6 +76,7 @@ unsafe extern "C-unwind" fn shmem_request() {
         // One extra page so the region can start on a page boundary.
         pg_sys::RequestAddinShmemSpace(region_len(slots, versions) + page_size());
         pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+        pg_sys::RequestAddinShmemSpace(per_backend_len() * std::mem::size_of::<BackendCounters>());
     }
 }
 
@@ -89,6 +101,15 @@ unsafe extern "C-unwind" fn shmem_startup() {
             RingCache::attach(aligned, slots, versions, true);
             protect(aligned, len);
         }
+        let n = per_backend_len();
+        let bytes = n * std::mem::size_of::<BackendCounters>();
+        let mut found_pb = false;
+        let pb = pg_sys::ShmemInitStruct(PER_BACKEND_NAME.as_ptr(), bytes, &mut found_pb) as *mut BackendCounters;
+        if !found_pb {
+            std::ptr::write_bytes(pb as *mut u8, 0, bytes);
+        }
+        PER_BACKEND = pb;
+        PER_BACKEND_LEN = n;
         pg_sys::LWLockRelease(addin_shmem_init_lock());
     }
 }
@@ -109,6 +130,51 @@ unsafe fn protect(ptr: *mut u8, len: usize) {
                 std::io::Error::last_os_error()
             );
         }
+    }
+}
+
+/// Backend ids run from 1 to MaxBackends (client backends, background and
+/// parallel workers); slot 0 is shared by processes without one.
+fn per_backend_len() -> usize {
+    unsafe { pg_sys::MaxBackends.max(0) as usize + 1 }
+}
+
+fn my_counters() -> Option<&'static BackendCounters> {
+    unsafe {
+        if PER_BACKEND.is_null() {
+            return None;
+        }
+        let id = pg_sys::MyBackendId;
+        let i = if id >= 1 && (id as usize) < PER_BACKEND_LEN { id as usize } else { 0 };
+        Some(&*PER_BACKEND.add(i))
+    }
+}
+
+/// Counts a cache hit (or miss) for this backend.
+pub fn count_lookup(hit: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(c) = my_counters() {
+        let a = if hit { &c.hits } else { &c.misses };
+        // Slot 0 may be shared, so it takes an atomic add; others have one writer.
+        if std::ptr::eq(c, unsafe { &*PER_BACKEND }) {
+            a.fetch_add(1, Relaxed);
+        } else {
+            a.store(a.load(Relaxed) + 1, Relaxed);
+        }
+    }
+}
+
+/// (hits, misses) summed over every backend since server start.
+pub fn lookup_totals() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    unsafe {
+        if PER_BACKEND.is_null() {
+            return (0, 0);
+        }
+        (0..PER_BACKEND_LEN).fold((0, 0), |(h, m), i| {
+            let c = &*PER_BACKEND.add(i);
+            (h + c.hits.load(Relaxed), m + c.misses.load(Relaxed))
+        })
     }
 }
 

@@ -37,13 +37,14 @@ fn stats() -> TableIterator<'static, (
         (c.cached_groups().len() as i32, c.slots() as i32, (!e.is_empty()).then_some(e))
     })
     .unwrap_or((0, 0, None));
+    let (hits, misses) = shmem::lookup_totals();
     let row = match shmem::counters() {
         Some(c) => {
             let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
             let pid = c.worker_pid.load(Ordering::Relaxed);
             (
-                n(&c.cache_hits),
-                n(&c.cache_misses),
+                hits as i64,
+                misses as i64,
                 n(&c.evictions),
                 n(&c.kms_calls),
                 n(&c.rotations),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 
+use secret_vault_core::cache::KeyBuf;
 use secret_vault_core::format;
 use secret_vault_core::secret::{self, Generator};
 
@@ -156,16 +157,18 @@ impl Worker {
             let spec = s.generator.as_deref().ok_or_else(|| VaultError::ManualSecret(s.name.clone()))?;
             let value = Generator::parse(spec)?.generate();
             let next = s.current_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(s.name.clone()))?;
-            let key = match keyring::cached_current(&s.group) {
+            let mut keybuf = KeyBuf::new();
+            let key = match keyring::cached_current(&s.group, &mut keybuf) {
                 Some(k) => k,
                 None => {
                     self.warm(&s.group)?;
-                    keyring::cached_current(&s.group).ok_or_else(|| VaultError::NoCurrentVersion(s.group.clone()))?
+                    keyring::cached_current(&s.group, &mut keybuf)
+                        .ok_or_else(|| VaultError::NoCurrentVersion(s.group.clone()))?
                 }
             };
             let ct = format::encrypt(
                 guc::cipher(),
-                key.key.as_slice(),
+                keybuf.as_slice(),
                 key.version as u32,
                 &key.group_id,
                 &secret::value_context(&s.id, next as u32),

@@ -28,6 +28,24 @@ pub fn data(header: &[u8], group: &GroupId, context: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `data(...)` built on the stack when it fits (the common case: short
+/// contexts), so the hot path does not allocate.
+pub fn with_data<R>(header: &[u8], group: &GroupId, context: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    const STACK: usize = 256;
+    let len = 4 * 8 + DATA_LABEL.len() + header.len() + group.len() + context.len();
+    if len > STACK {
+        return f(&data(header, group, context));
+    }
+    let mut buf = [0u8; STACK];
+    let mut at = 0;
+    for field in [DATA_LABEL, header, &group[..], context] {
+        buf[at..at + 8].copy_from_slice(&(field.len() as u64).to_be_bytes());
+        buf[at + 8..at + 8 + field.len()].copy_from_slice(field);
+        at += 8 + field.len();
+    }
+    f(&buf[..at])
+}
+
 /// AAD for a ring key wrapped by the KMS: the group and the version it is
 /// stored as, so a wrapped key copied to another row fails to unwrap.
 pub fn ring_key(group: &GroupId, version: u32) -> Vec<u8> {
@@ -48,6 +66,15 @@ mod tests {
         let a = data(b"ab", &g1, b"c");
         let b = data(b"a", &g1, b"bc");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn stack_and_heap_encodings_agree() {
+        let g = [7u8; 16];
+        for ctx_len in [0usize, 10, 150, 300] {
+            let ctx = vec![0xEE; ctx_len];
+            with_data(b"hdr", &g, &ctx, |a| assert_eq!(a, data(b"hdr", &g, &ctx).as_slice()));
+        }
     }
 
     #[test]

@@ -9,8 +9,29 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 
 use crate::CryptoError;
+use std::cell::RefCell;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 pub const TAG_LEN: usize = 16;
+
+thread_local! {
+    /// The last AES-GCM-SIV key used by this thread with its expanded key
+    /// schedule (zeroized on drop by the aes crate's `zeroize` feature), so a
+    /// run of messages under one ring key expands it once, not per message.
+    static SIV: RefCell<Option<(Zeroizing<[u8; 32]>, Aes256GcmSiv)>> = const { RefCell::new(None) };
+}
+
+fn with_siv<R>(key: &[u8; 32], f: impl FnOnce(&Aes256GcmSiv) -> R) -> R {
+    SIV.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let hit = matches!(slot.as_ref(), Some((k, _)) if bool::from(k.ct_eq(key)));
+        if !hit {
+            *slot = Some((Zeroizing::new(*key), Aes256GcmSiv::new(key.into())));
+        }
+        f(&slot.as_ref().expect("just set").1)
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -74,9 +95,7 @@ impl Algorithm {
         debug_assert_eq!(nonce.len(), self.nonce_len());
         let payload = Payload { msg: plaintext, aad };
         let out = match self {
-            Algorithm::Aes256GcmSiv => {
-                Aes256GcmSiv::new(key.into()).encrypt(nonce.into(), payload)
-            }
+            Algorithm::Aes256GcmSiv => with_siv(key, |c| c.encrypt(nonce.into(), payload)),
             Algorithm::XChaCha20Poly1305 => {
                 XChaCha20Poly1305::new(key.into()).encrypt(nonce.into(), payload)
             }
@@ -97,14 +116,46 @@ impl Algorithm {
         }
         let payload = Payload { msg: sealed, aad };
         let out = match self {
-            Algorithm::Aes256GcmSiv => {
-                Aes256GcmSiv::new(key.into()).decrypt(nonce.into(), payload)
-            }
+            Algorithm::Aes256GcmSiv => with_siv(key, |c| c.decrypt(nonce.into(), payload)),
             Algorithm::XChaCha20Poly1305 => {
                 XChaCha20Poly1305::new(key.into()).decrypt(nonce.into(), payload)
             }
         };
         out.map_err(|_| CryptoError::AuthenticationFailed)
+    }
+}
+
+impl Algorithm {
+    /// Opens `sealed` into `out` (which must be exactly `sealed.len() - 16`
+    /// bytes) without an intermediate buffer. On failure `out` holds no
+    /// plaintext: both AEADs check the tag before leaving plaintext behind
+    /// (XChaCha20-Poly1305) or re-encrypt it (AES-GCM-SIV).
+    pub fn open_into(
+        self,
+        key: &[u8; 32],
+        nonce: &[u8],
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        use chacha20poly1305::aead::AeadInPlace;
+        if nonce.len() != self.nonce_len() || sealed.len() < TAG_LEN || out.len() != sealed.len() - TAG_LEN {
+            return Err(CryptoError::AuthenticationFailed);
+        }
+        let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        out.copy_from_slice(ct);
+        let r = match self {
+            Algorithm::Aes256GcmSiv => {
+                with_siv(key, |c| c.decrypt_in_place_detached(nonce.into(), aad, out, tag.into()))
+            }
+            Algorithm::XChaCha20Poly1305 => {
+                XChaCha20Poly1305::new(key.into()).decrypt_in_place_detached(nonce.into(), aad, out, tag.into())
+            }
+        };
+        r.map_err(|_| {
+            out.iter_mut().for_each(|b| *b = 0);
+            CryptoError::AuthenticationFailed
+        })
     }
 }
 
@@ -221,6 +272,32 @@ mod tests {
             assert_eq!(alg.open(&key, &nonce, b"a", &sealed[..10]), Err(CryptoError::AuthenticationFailed));
             assert_eq!(alg.open(&key, &nonce[..4], b"a", &sealed), Err(CryptoError::AuthenticationFailed));
         }
+    }
+
+    #[test]
+    fn open_into_matches_open_and_leaves_no_plaintext_on_failure() {
+        for alg in [Algorithm::Aes256GcmSiv, Algorithm::XChaCha20Poly1305] {
+            let key = [9u8; 32];
+            let nonce = alg.random_nonce();
+            let sealed = alg.seal(&key, &nonce, b"aad", b"plaintext bytes").unwrap();
+            let mut out = vec![0u8; sealed.len() - TAG_LEN];
+            alg.open_into(&key, &nonce, b"aad", &sealed, &mut out).unwrap();
+            assert_eq!(out, b"plaintext bytes");
+            let mut out = vec![0u8; sealed.len() - TAG_LEN];
+            assert!(alg.open_into(&key, &nonce, b"other", &sealed, &mut out).is_err());
+            assert!(!out.windows(5).any(|w| w == b"plain"), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn reused_key_schedule_is_replaced_when_the_key_changes() {
+        let alg = Algorithm::Aes256GcmSiv;
+        let nonce = alg.random_nonce();
+        let a = alg.seal(&[1u8; 32], &nonce, b"", b"x").unwrap();
+        let b = alg.seal(&[2u8; 32], &nonce, b"", b"x").unwrap();
+        assert_ne!(a, b);
+        assert!(alg.open(&[1u8; 32], &nonce, b"", &b).is_err());
+        assert_eq!(alg.open(&[2u8; 32], &nonce, b"", &b).unwrap(), b"x");
     }
 
     #[test]

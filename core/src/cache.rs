@@ -22,8 +22,7 @@ const MAGIC: u64 = 0x7365_6372_6574_7631; // "secretv1"
 #[repr(C)]
 #[derive(Default)]
 pub struct Counters {
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
+    // Hits and misses are counted per backend by the glue (no shared line on the hot path).
     pub evictions: AtomicU64,
     pub kms_calls: AtomicU64,
     pub rotations: AtomicU64,
@@ -82,12 +81,14 @@ const fn align8(n: usize) -> usize {
 /// Key bytes copied out of the cache; wiped when dropped.
 pub struct KeyBuf {
     len: usize,
+    /// How much of `bytes` was ever written: only that is wiped on drop.
+    written: usize,
     bytes: [u8; MAX_KEY],
 }
 
 impl KeyBuf {
     pub fn new() -> Self {
-        KeyBuf { len: 0, bytes: [0; MAX_KEY] }
+        KeyBuf { len: 0, written: 0, bytes: [0; MAX_KEY] }
     }
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len]
@@ -95,6 +96,7 @@ impl KeyBuf {
     pub fn set(&mut self, key: &[u8]) {
         self.bytes[..key.len()].copy_from_slice(key);
         self.len = key.len();
+        self.written = self.written.max(key.len());
     }
 }
 
@@ -104,9 +106,18 @@ impl Default for KeyBuf {
     }
 }
 
+impl KeyBuf {
+    /// Zeroes every byte this buffer ever held (drop does this).
+    pub fn wipe(&mut self) {
+        self.bytes[..self.written].zeroize();
+        self.len = 0;
+        self.written = 0;
+    }
+}
+
 impl Drop for KeyBuf {
     fn drop(&mut self) {
-        self.bytes.zeroize();
+        self.wipe();
     }
 }
 
@@ -289,8 +300,14 @@ impl RingCache {
     pub fn find(&self, name: &str) -> Option<usize> {
         let h = name_hash(name);
         let found = (0..self.slots).find(|&i| self.hash_at(i) == h && self.slot_name(i) == name.as_bytes())?;
-        let tick = self.header().clock.fetch_add(1, Ordering::Relaxed) + 1;
-        self.meta(found).last_used.store(tick, Ordering::Relaxed);
+        // Stamp "used since the last fill" without writing when the stamp is
+        // already there: concurrent readers of a hot group then share the
+        // cache line read-only instead of bouncing it on every hit.
+        let stamp = self.header().clock.load(Ordering::Relaxed) + 1;
+        let used = &self.meta(found).last_used;
+        if used.load(Ordering::Relaxed) != stamp {
+            used.store(stamp, Ordering::Relaxed);
+        }
         Some(found)
     }
 
@@ -434,7 +451,8 @@ impl RingCache {
                 _ => e.key_len = 0,
             }
         }
-        let tick = self.header().clock.fetch_add(1, Ordering::Relaxed) + 1;
+        // Fills step the clock past every "used" stamp handed out so far.
+        let tick = self.header().clock.fetch_add(2, Ordering::Relaxed) + 2;
         let m = self.meta_mut(slot);
         m.name[..fill.name.len()].copy_from_slice(fill.name.as_bytes());
         m.name_len = fill.name.len() as u32;
@@ -597,6 +615,17 @@ mod tests {
         fill_group(&mut r.cache, "g", 1, &[(1, 0, false, [1; 32])]);
         assert!(r.cache.find("h").is_none());
         assert!(r.cache.find("g").is_some());
+    }
+
+    #[test]
+    fn keybuf_wipe_covers_everything_it_ever_held() {
+        let mut k = KeyBuf::new();
+        k.set(&[0xAA; 64]);
+        k.set(&[0xBB; 16]);
+        assert_eq!(k.as_slice(), &[0xBB; 16]);
+        k.wipe();
+        assert!(k.bytes.iter().all(|b| *b == 0));
+        assert!(k.as_slice().is_empty());
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub fn encrypt(
     let key = aead_key(key)?;
     let header = header(algorithm, key_version);
     let nonce = algorithm.random_nonce();
-    let sealed = algorithm.seal(key, &nonce, &aad::data(&header, group, context), plaintext)?;
+    let sealed = aad::with_data(&header, group, context, |aad| algorithm.seal(key, &nonce, aad, plaintext))?;
     let mut out = Vec::with_capacity(HEADER_LEN + nonce.len() + sealed.len());
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
@@ -95,9 +95,29 @@ pub fn decrypt(
     group: &GroupId,
     context: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let mut out = Zeroizing::new(vec![0u8; plaintext_len(parsed)]);
+    decrypt_into(parsed, key, group, context, &mut out)?;
+    Ok(out)
+}
+
+/// Length of the plaintext a parsed ciphertext opens to.
+pub fn plaintext_len(parsed: &Parsed<'_>) -> usize {
+    parsed.sealed.len() - TAG_LEN
+}
+
+/// Decrypts into `out` (exactly `plaintext_len` bytes), so the caller can
+/// open straight into its result buffer. On error `out` holds no plaintext.
+pub fn decrypt_into(
+    parsed: &Parsed<'_>,
+    key: &[u8],
+    group: &GroupId,
+    context: &[u8],
+    out: &mut [u8],
+) -> Result<(), CryptoError> {
     let key = aead_key(key)?;
-    let aad = aad::data(parsed.header, group, context);
-    parsed.algorithm.open(key, parsed.nonce, &aad, parsed.sealed).map(Zeroizing::new)
+    aad::with_data(parsed.header, group, context, |aad| {
+        parsed.algorithm.open_into(key, parsed.nonce, aad, parsed.sealed, out)
+    })
 }
 
 #[cfg(test)]
