@@ -1,5 +1,6 @@
 -- A short tour of key groups, run by `make run`. Safe to run again.
 \o /dev/null
+SELECT vault.delete_secret(name) FROM vault.secrets WHERE name LIKE 'demo/%';
 SELECT vault.drop_group(name) FROM vault.groups WHERE name IN ('demo/signing', 'demo/columns');
 \o
 \echo '== an export group: signing keys handed to applications'
@@ -17,3 +18,14 @@ SELECT vault.rotate('demo/columns') AS rotated_to;
 SELECT convert_from(vault.decrypt('demo/columns', card, 'card:42'), 'UTF8') AS decrypted_after_rotation
   FROM demo_cards;
 SELECT name, purpose, current_version, latest_version, versions, kms_key FROM vault.groups ORDER BY name;
+\echo '== secrets: set by hand, or generated and rotated with a grace window'
+SELECT vault.create_secret('demo/stripe-key', 'sk_test_4eC39HqLyjWDarjtT1zdp7dc') IS NOT NULL AS created;
+SELECT vault.read_secret('demo/stripe-key');
+SELECT vault.create_rotating_secret('demo/webhook', '30 days', grace_period => '1 hour', generator => 'alnum:24') IS NOT NULL AS created;
+CREATE TEMP TABLE demo_old AS SELECT vault.read_secret('demo/webhook') AS v;
+SELECT vault.rotate_secret('demo/webhook') AS rotated_to;
+SELECT vault.verify_secret('demo/webhook', v) AS old_value_in_grace FROM demo_old;
+SELECT version, state FROM vault.secret_versions('demo/webhook');
+SELECT name, kind, key_group, current_version FROM vault.secrets ORDER BY name;
+\echo '== counters since server start (the hot path does not reach the KMS)'
+SELECT cache_hits, cache_misses, kms_calls, rotations, cached_groups, worker_runs > 0 AS worker_alive FROM vault.stats();
