@@ -105,32 +105,42 @@ SELECT g.name AS group_name,
 
 -- Secrets: named values stored as versions, each sealed under a ring key of
 -- an 'encrypt' group and bound to (secret id, version).
+--
+-- Written only by the extension's own functions, which validate every value
+-- (names, kinds, intervals, generators) before writing. These two tables
+-- carry no CHECK constraints or foreign keys on purpose: both are evaluated
+-- on every insert (constraint expressions are re-read, each foreign key runs
+-- a locking lookup), which tripled the cost of vault.create_secret. Deletion
+-- removes values explicitly; drop_group refuses a group that seals secrets.
+-- One row per secret, holding its current value's ciphertext: creating a
+-- secret writes one row and one index entry. Superseded versions move to
+-- vault.secret_values.
 CREATE TABLE vault.secret_store (
-    id                 uuid PRIMARY KEY,
-    name               text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 255),
-    kind               text NOT NULL CHECK (kind IN ('manual', 'rotating')),
-    description        text,
-    key_group_id       uuid NOT NULL REFERENCES vault.key_groups (id),
-    rotation_interval  interval CHECK (rotation_interval > interval '0'),
-    grace_period       interval NOT NULL DEFAULT interval '0' CHECK (grace_period >= interval '0'),
-    generator          text,
-    current_version    int NOT NULL CHECK (current_version >= 1),
-    created_at         timestamptz NOT NULL,
-    updated_at         timestamptz NOT NULL,
-    next_rotation_at   timestamptz,
-    change_seq         bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass),
-    CHECK ((kind = 'rotating') = (rotation_interval IS NOT NULL AND generator IS NOT NULL))
+    name                text PRIMARY KEY,
+    id                  uuid NOT NULL,
+    kind                text NOT NULL,
+    description         text,
+    key_group_id        uuid NOT NULL,
+    rotation_interval   interval,
+    grace_period        interval NOT NULL DEFAULT interval '0',
+    generator           text,
+    current_version     int NOT NULL,
+    current_created_at  timestamptz NOT NULL,
+    current_ciphertext  bytea NOT NULL,
+    created_at          timestamptz NOT NULL,
+    updated_at          timestamptz NOT NULL,
+    next_rotation_at    timestamptz,
+    change_seq          bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
 );
 CREATE INDEX secret_store_due ON vault.secret_store (next_rotation_at) WHERE next_rotation_at IS NOT NULL;
-CREATE INDEX secret_store_group ON vault.secret_store (key_group_id);
 
--- Only ciphertext. valid_until: NULL for the current version; for an older
--- one, the end of its grace window (it verifies until then, never after).
+-- Superseded versions, only ciphertext. valid_until ends the grace window:
+-- the value verifies until then, never after (at once for manual secrets).
 CREATE TABLE vault.secret_values (
-    secret_id    uuid NOT NULL REFERENCES vault.secret_store (id) ON DELETE CASCADE,
-    version      int NOT NULL CHECK (version >= 1),
+    secret_id    uuid NOT NULL,
+    version      int NOT NULL,
     created_at   timestamptz NOT NULL,
-    valid_until  timestamptz,
+    valid_until  timestamptz NOT NULL,
     ciphertext   bytea NOT NULL,
     PRIMARY KEY (secret_id, version)
 );

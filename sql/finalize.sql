@@ -30,13 +30,12 @@ SELECT s.id,
        s.name,
        s.description,
        s.kind,
-       v.version,
-       vault._open_secret(g.name, s.id, v.version, v.ciphertext) AS value,
+       s.current_version AS version,
+       vault._open_secret(g.name, s.id, s.current_version, s.current_ciphertext) AS value,
        s.created_at,
        s.updated_at
   FROM vault.secret_store s
-  JOIN vault.key_groups g ON g.id = s.key_group_id
-  JOIN vault.secret_values v ON v.secret_id = s.id AND v.version = s.current_version;
+  JOIN vault.key_groups g ON g.id = s.key_group_id;
 REVOKE ALL ON vault.decrypted_secrets FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vault FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA vault FROM PUBLIC;

@@ -21,15 +21,11 @@ thread_local! {
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Records that this transaction created `name`: it bypasses the cache for
-/// it until commit, but nothing can be cached under a new name, so the
-/// commit invalidates nothing (creation stays cheap for every backend).
-pub fn note_created(name: &str) {
-    DIRTY.with(|d| d.borrow_mut().insert(name.to_string()));
-    register();
-}
-
 /// Records that this transaction changed `group` (and whether it rotated it).
+///
+/// Creation needs no record: nothing can be cached under a name that did not
+/// exist, and a transaction that has written never fills a cache, so its own
+/// reads of what it created go to the tables.
 pub fn note_change(group: &str, rotated: bool) {
     DIRTY.with(|d| d.borrow_mut().insert(group.to_string()));
     STALE.with(|d| d.borrow_mut().insert(group.to_string()));

@@ -5,7 +5,6 @@
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use rand::RngCore;
 use secret_vault_core::policy::{self, GroupSettings, Purpose, Span};
 
 use crate::catalog::{self, NewGroup};
@@ -17,15 +16,6 @@ const ROTATE_ATTEMPTS: usize = 8;
 
 fn span(iv: &Interval) -> Span {
     Span { months: iv.months(), days: iv.days(), micros: iv.micros() }
-}
-
-fn new_group_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    // RFC 4122 version 4, variant 1, so the id reads as an ordinary UUID.
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    id
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -75,7 +65,7 @@ fn insert_new_group(
     kms_key: Option<&str>,
 ) -> VaultResult<bool> {
     let (kms_name, kms_kind) = catalog::resolve_kms_key(client, kms_key)?;
-    let id = new_group_id();
+    let id = secret_vault_core::keys::random_uuid_v4();
     let (key_id, wrapped) = kms::new_ring_key(&id, &kms_name, &kms_kind, settings.key_bytes as usize, 1)?;
     let now = catalog::clock();
     let group = NewGroup {
@@ -91,7 +81,6 @@ fn insert_new_group(
     if !catalog::insert_group(client, &group, now)? {
         return Ok(false);
     }
-    coherence::note_created(name);
     catalog::insert_key(client, &id, 1, &key_id, &wrapped, now, true)?;
     Ok(true)
 }

@@ -73,6 +73,7 @@ pub struct SecretRow {
     pub group: String,
     pub current_version: i32,
     pub generator: Option<String>,
+    pub current_ciphertext: Vec<u8>,
 }
 
 impl SecretRow {
@@ -97,11 +98,12 @@ fn secret_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<SecretRow> {
         group: req(row.get(4)?, "key group")?,
         current_version: req(row.get(5)?, "current_version")?,
         generator: row.get(6)?,
+        current_ciphertext: req(row.get(7)?, "current_ciphertext")?,
     })
 }
 
 pub fn load(client: &SpiClient<'_>, name: &str) -> VaultResult<Option<SecretRow>> {
-    const SQL: &str = "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator
+    const SQL: &str = "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator, s.current_ciphertext
                          FROM vault.secret_store s
                          JOIN vault.key_groups g ON g.id OPERATOR(pg_catalog.=) s.key_group_id
                         WHERE s.name OPERATOR(pg_catalog.=) $1";
@@ -118,22 +120,21 @@ pub fn live_values(client: &SpiClient<'_>, s: &SecretRow, now: TimestampWithTime
     let rows = select(
         client,
         "SELECT version, valid_until, ciphertext FROM vault.secret_values
-          WHERE secret_id OPERATOR(pg_catalog.=) $1
-            AND (version OPERATOR(pg_catalog.=) $2 OR valid_until OPERATOR(pg_catalog.>) $3)
+          WHERE secret_id OPERATOR(pg_catalog.=) $1 AND valid_until OPERATOR(pg_catalog.>) $2
           ORDER BY version DESC",
-        &[UUID, INT4, TSTZ],
-        &[uuid(&s.id).into(), s.current_version.into(), now.into()],
+        &[UUID, TSTZ],
+        &[uuid(&s.id).into(), now.into()],
     )?;
-    rows.into_iter()
-        .map(|r| {
-            let until: Option<TimestampWithTimeZone> = r.get(2)?;
-            Ok(ValueRow {
-                version: req(r.get(1)?, "version")?,
-                valid_until: until.map(Into::into),
-                ciphertext: req(r.get(3)?, "ciphertext")?,
-            })
-        })
-        .collect()
+    let mut out = vec![ValueRow { version: s.current_version, valid_until: None, ciphertext: s.current_ciphertext.clone() }];
+    for r in rows {
+        let until: TimestampWithTimeZone = req(r.get(2)?, "valid_until")?;
+        out.push(ValueRow {
+            version: req(r.get(1)?, "version")?,
+            valid_until: Some(until.into()),
+            ciphertext: req(r.get(3)?, "ciphertext")?,
+        });
+    }
+    Ok(out)
 }
 
 /// Every version's metadata: (version, created_at, valid_until).
@@ -144,7 +145,11 @@ pub fn versions(
     let rows = select(
         client,
         "SELECT version, created_at, valid_until FROM vault.secret_values
-          WHERE secret_id OPERATOR(pg_catalog.=) $1 ORDER BY version",
+          WHERE secret_id OPERATOR(pg_catalog.=) $1
+         UNION ALL
+         SELECT current_version, current_created_at, NULL FROM vault.secret_store
+          WHERE id OPERATOR(pg_catalog.=) $1
+         ORDER BY 1",
         &[UUID],
         &[uuid(id).into()],
     )?;
@@ -154,6 +159,7 @@ pub fn versions(
 }
 
 pub struct NewSecret<'a> {
+    pub ciphertext: &'a [u8],
     pub id: Id,
     pub name: &'a str,
     pub kind: &'static str,
@@ -174,12 +180,13 @@ pub fn insert(client: &mut SpiClient<'_>, s: &NewSecret<'_>, now: TimestampWithT
         client,
         "INSERT INTO vault.secret_store
              (id, name, kind, description, key_group_id, rotation_interval, grace_period, generator,
-              current_version, created_at, updated_at, next_rotation_at)
-         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '0'::pg_catalog.interval), $8, 1, $9, $9,
-                 $9 OPERATOR(pg_catalog.+) $6)
+              current_version, current_created_at, current_ciphertext, created_at, updated_at, next_rotation_at,
+              change_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, '0'::pg_catalog.interval), $8, 1, $9, $10, $9, $9,
+                 $9 OPERATOR(pg_catalog.+) $6, 0)
          ON CONFLICT (name) DO NOTHING
          RETURNING 1",
-        &[UUID, TEXT, TEXT, TEXT, UUID, INTERVAL, INTERVAL, TEXT, TSTZ],
+        &[UUID, TEXT, TEXT, TEXT, UUID, INTERVAL, INTERVAL, TEXT, TSTZ, BYTEA],
         &[
             uuid(&s.id).into(),
             s.name.into(),
@@ -190,69 +197,64 @@ pub fn insert(client: &mut SpiClient<'_>, s: &NewSecret<'_>, now: TimestampWithT
             opt_interval(s.grace_period),
             s.generator.map_or_else(DatumWithOid::null::<&str>, Into::into),
             now.into(),
+            s.ciphertext.into(),
         ],
     )?;
     Ok(!rows.is_empty())
 }
 
-pub fn insert_value(client: &mut SpiClient<'_>, id: &Id, version: i32, now: TimestampWithTimeZone, ct: &[u8]) -> VaultResult<()> {
-    update(
-        client,
-        "INSERT INTO vault.secret_values (secret_id, version, created_at, valid_until, ciphertext)
-         VALUES ($1, $2, $3, NULL, $4)",
-        &[UUID, INT4, TSTZ, BYTEA],
-        &[uuid(id).into(), version.into(), now.into(), ct.into()],
-    )?;
-    Ok(())
-}
-
-/// Claims version `next` (like catalog::claim_version for groups), and ends
-/// the previous version's validity: at once for a manual secret, after the
-/// grace period for a rotating one.
+/// Makes `next` the current version with ciphertext `ct`, moving the
+/// previous one to secret_values with the end of its validity: at once for a
+/// manual secret, after the grace period for a rotating one. Fails (false)
+/// if another rotation claimed `next` first or, with `due`, if the schedule
+/// moved: the first statement locks the row, so the second cannot miss.
 pub fn claim_next(
     client: &mut SpiClient<'_>,
-    id: &Id,
+    name: &str,
     next: i32,
+    ct: &[u8],
     now: TimestampWithTimeZone,
     due: Option<TimestampWithTimeZone>,
 ) -> VaultResult<bool> {
-    let due_arg = due.map_or_else(DatumWithOid::null::<TimestampWithTimeZone>, Into::into);
-    let rows = update(
+    let due_arg = || due.map_or_else(DatumWithOid::null::<TimestampWithTimeZone>, Into::into);
+    let moved = update(
         client,
-        "UPDATE vault.secret_store
-            SET current_version = $2, updated_at = $3,
-                next_rotation_at = $3 OPERATOR(pg_catalog.+) rotation_interval,
-                change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
-          WHERE id OPERATOR(pg_catalog.=) $1
+        "INSERT INTO vault.secret_values (secret_id, version, created_at, valid_until, ciphertext)
+         SELECT id, current_version, current_created_at,
+                CASE WHEN kind OPERATOR(pg_catalog.=) 'rotating' THEN $3 OPERATOR(pg_catalog.+) grace_period ELSE $3 END,
+                current_ciphertext
+           FROM vault.secret_store
+          WHERE name OPERATOR(pg_catalog.=) $1
             AND current_version OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 1)
             AND ($4::pg_catalog.timestamptz IS NULL OR next_rotation_at OPERATOR(pg_catalog.=) $4)
+            FOR UPDATE
          RETURNING 1",
-        &[UUID, INT4, TSTZ, TSTZ],
-        &[uuid(id).into(), next.into(), now.into(), due_arg],
+        &[TEXT, INT4, TSTZ, TSTZ],
+        &[name.into(), next.into(), now.into(), due_arg()],
     )?;
-    if rows.is_empty() {
+    if moved.is_empty() {
         return Ok(false);
     }
     update(
         client,
-        "UPDATE vault.secret_values v
-            SET valid_until = CASE WHEN s.kind OPERATOR(pg_catalog.=) 'rotating'
-                                   THEN $3 OPERATOR(pg_catalog.+) s.grace_period ELSE $3 END
-           FROM vault.secret_store s
-          WHERE s.id OPERATOR(pg_catalog.=) v.secret_id
-            AND v.secret_id OPERATOR(pg_catalog.=) $1
-            AND v.version OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 1)",
-        &[UUID, INT4, TSTZ],
-        &[uuid(id).into(), next.into(), now.into()],
+        "UPDATE vault.secret_store
+            SET current_version = $2, current_created_at = $3, current_ciphertext = $4, updated_at = $3,
+                next_rotation_at = $3 OPERATOR(pg_catalog.+) rotation_interval,
+                change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
+          WHERE name OPERATOR(pg_catalog.=) $1",
+        &[TEXT, INT4, TSTZ, BYTEA],
+        &[name.into(), next.into(), now.into(), ct.into()],
     )?;
     Ok(true)
 }
 
-/// Deletes a secret and, by cascade, every ciphertext of it.
+/// Deletes a secret and every ciphertext of it.
 pub fn delete(client: &mut SpiClient<'_>, name: &str) -> VaultResult<bool> {
     let rows = update(
         client,
-        "DELETE FROM vault.secret_store WHERE name OPERATOR(pg_catalog.=) $1 RETURNING 1",
+        "WITH s AS (DELETE FROM vault.secret_store WHERE name OPERATOR(pg_catalog.=) $1 RETURNING id),
+              v AS (DELETE FROM vault.secret_values WHERE secret_id OPERATOR(pg_catalog.=) ANY (SELECT id FROM s))
+         SELECT 1 FROM s",
         &[TEXT],
         &[name.into()],
     )?;
@@ -263,7 +265,7 @@ pub fn delete(client: &mut SpiClient<'_>, name: &str) -> VaultResult<bool> {
 pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> VaultResult<Vec<(SecretRow, TimestampWithTimeZone)>> {
     let rows = select(
         client,
-        "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator, s.next_rotation_at
+        "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator, s.current_ciphertext, s.next_rotation_at
            FROM vault.secret_store s
            JOIN vault.key_groups g ON g.id OPERATOR(pg_catalog.=) s.key_group_id
           WHERE s.next_rotation_at OPERATOR(pg_catalog.<=) $1
@@ -274,7 +276,7 @@ pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> Va
     )?;
     rows.into_iter()
         .map(|r| {
-            let due: TimestampWithTimeZone = req(r.get(7)?, "next_rotation_at")?;
+            let due: TimestampWithTimeZone = req(r.get(8)?, "next_rotation_at")?;
             Ok((secret_row(r)?, due))
         })
         .collect()

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use rand::RngCore;
 use secret_vault_core::cache::KeyBuf;
 use secret_vault_core::policy::{self, Purpose, Span};
 use secret_vault_core::secret::{self, Generator};
@@ -45,14 +44,6 @@ struct Cached {
 
 thread_local! {
     static LOCAL: RefCell<HashMap<String, Cached>> = RefCell::new(HashMap::new());
-}
-
-fn new_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    id
 }
 
 /// A secret and its live ciphertexts: from the local cache when it is still
@@ -94,6 +85,11 @@ fn open(group: &str, id: &[u8; 16], version: i32, ciphertext: &[u8], op: &'stati
 fn seal(group: &str, id: &[u8; 16], version: i32, value: &[u8], op: &'static str) -> VaultResult<Vec<u8>> {
     let mut key = KeyBuf::new();
     let r = keyring::resolve(group, Purpose::Encrypt, op, Want::Current, &mut key)?;
+    seal_with(&key, r, id, version, value)
+}
+
+/// Seals version `version` of secret `id` under a resolved ring key.
+pub(crate) fn seal_with(key: &KeyBuf, r: keyring::Resolved, id: &[u8; 16], version: i32, value: &[u8]) -> VaultResult<Vec<u8>> {
     Ok(format::encrypt(
         guc::cipher(),
         key.as_slice(),
@@ -108,22 +104,22 @@ fn utf8(bytes: Zeroizing<Vec<u8>>) -> VaultResult<String> {
     String::from_utf8(bytes.to_vec()).map_err(|_| VaultError::Internal("stored secret value is not UTF-8".into()))
 }
 
-/// The group to seal under: the named one (must be 'encrypt'), or the
-/// default, created here on first use.
-fn seal_group(client: &mut pgrx::spi::SpiClient<'_>, key_group: Option<&str>) -> VaultResult<catalog::GroupRow> {
+/// The key to seal under: the current key of `key_group` (an 'encrypt'
+/// group), or of the default group, created here on first use. Served from
+/// the shared cache, so creating a secret runs no query to find its group.
+fn seal_key(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    key_group: Option<&str>,
+    out: &mut KeyBuf,
+) -> VaultResult<keyring::Resolved> {
     let name = key_group.unwrap_or(DEFAULT_GROUP);
-    let group = match catalog::load_group(client, name)? {
-        Some(g) => g,
-        None if key_group.is_none() => {
+    match keyring::resolve(name, Purpose::Encrypt, "sealing secrets", Want::Current, out) {
+        Err(VaultError::GroupNotFound(_)) if key_group.is_none() => {
             crate::groups::create_group_in(client, DEFAULT_GROUP, Purpose::Encrypt)?;
-            catalog::group(client, DEFAULT_GROUP)?
+            keyring::resolve(name, Purpose::Encrypt, "sealing secrets", Want::Current, out)
         }
-        None => return Err(VaultError::GroupNotFound(name.to_string())),
-    };
-    if group.purpose != Purpose::Encrypt {
-        return Err(VaultError::WrongPurpose { group: group.name, purpose: group.purpose, operation: "sealing secrets" });
+        other => other,
     }
-    Ok(group)
 }
 
 fn validate_value(value: &str) -> VaultResult<()> {
@@ -149,15 +145,18 @@ fn create(
     policy::validate_name("secret", name)?;
     validate_value(value)?;
     Spi::connect_mut(|client| {
-        let group = seal_group(client, key_group)?;
-        let id = new_id();
+        let mut key = KeyBuf::new();
+        let sealing = seal_key(client, key_group, &mut key)?;
+        let id = secret_vault_core::keys::random_uuid_v4();
         let now = catalog::clock();
+        let ct = seal_with(&key, sealing, &id, 1, value.as_bytes())?;
         let new = NewSecret {
+            ciphertext: &ct,
             id,
             name,
             kind,
             description,
-            group_id: group.id,
+            group_id: sealing.group_id,
             rotation_interval,
             grace_period,
             generator,
@@ -165,9 +164,6 @@ fn create(
         if !secret_store::insert(client, &new, now)? {
             return Err(VaultError::SecretExists(name.to_string()));
         }
-        let ct = seal(&group.name, &id, 1, value.as_bytes(), "vault.create_secret")?;
-        secret_store::insert_value(client, &id, 1, now, &ct)?;
-        coherence::note_created(&dirty_key(name));
         Ok(Uuid::from_bytes(id))
     })
 }
@@ -274,8 +270,7 @@ fn next_version(
         let next = s.current_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(name.to_string()))?;
         let ct = seal(&s.group, &s.id, next, value.as_bytes(), op)?;
         let now = catalog::clock();
-        if secret_store::claim_next(client, &s.id, next, now, None)? {
-            secret_store::insert_value(client, &s.id, next, now, &ct)?;
+        if secret_store::claim_next(client, name, next, &ct, now, None)? {
             coherence::note_change(&dirty_key(name), false);
             return Ok(next);
         }

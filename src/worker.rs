@@ -13,8 +13,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 
 use secret_vault_core::cache::KeyBuf;
-use secret_vault_core::format;
-use secret_vault_core::secret::{self, Generator};
+use secret_vault_core::secret::Generator;
 
 use crate::catalog;
 use crate::error::{VaultError, VaultResult};
@@ -166,21 +165,13 @@ impl Worker {
                         .ok_or_else(|| VaultError::NoCurrentVersion(s.group.clone()))?
                 }
             };
-            let ct = format::encrypt(
-                guc::cipher(),
-                keybuf.as_slice(),
-                key.version as u32,
-                &key.group_id,
-                &secret::value_context(&s.id, next as u32),
-                value.as_bytes(),
-            )?;
+            let ct = secrets::seal_with(&keybuf, key, &s.id, next, value.as_bytes())?;
             let rotated = txn(|| {
                 Spi::connect_mut(|c| -> VaultResult<bool> {
                     let now = catalog::clock();
-                    if !secret_store::claim_next(c, &s.id, next, now, Some(due_at))? {
+                    if !secret_store::claim_next(c, &s.name, next, &ct, now, Some(due_at))? {
                         return Ok(false);
                     }
-                    secret_store::insert_value(c, &s.id, next, now, &ct)?;
                     coherence::note_change(&secrets::dirty_key(&s.name), true);
                     Ok(true)
                 })

@@ -48,6 +48,15 @@ impl KeyBytes {
     }
 }
 
+/// A random RFC 4122 version-4 UUID's 16 bytes, from the OS CSPRNG.
+pub fn random_uuid_v4() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    OsRng.fill_bytes(&mut id);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
 impl std::fmt::Debug for KeyBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeyBytes(<{} bytes redacted>)", self.0.len())

@@ -69,10 +69,7 @@ impl Generator {
                 (0..n).map(|_| ALNUM[OsRng.gen_range(0..ALNUM.len())] as char).collect()
             }
             Generator::Uuid => {
-                let mut b = random(16);
-                b[6] = (b[6] & 0x0f) | 0x40;
-                b[8] = (b[8] & 0x3f) | 0x80;
-                let h = hex::encode(&*b);
+                let h = Zeroizing::new(hex::encode(crate::keys::random_uuid_v4()));
                 format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
             }
         })

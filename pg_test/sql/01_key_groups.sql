@@ -1,6 +1,15 @@
 -- Key groups: the happy paths of every function in DESIGN.md's block.
 CREATE EXTENSION secret_vault;
 \pset null '(null)'
+-- The suite's error probe (every file runs in this database): SQLSTATE and message.
+CREATE FUNCTION public.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE q;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+GRANT EXECUTE ON FUNCTION public.err(text) TO PUBLIC;
 
 -- create_group makes version 1, active at once
 SELECT vault.create_group('sign/api', propagation_delay => '1 hour');

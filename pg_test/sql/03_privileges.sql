@@ -1,13 +1,5 @@
 -- PUBLIC reaches nothing; vault_reader reads keys; vault_admin manages groups.
 \pset null '(null)'
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
-GRANT EXECUTE ON FUNCTION pg_temp.err(text) TO PUBLIC;
 
 -- no vault function or table grants anything to PUBLIC
 SELECT count(*) AS public_function_grants
@@ -29,10 +21,10 @@ SELECT vault.create_group('priv/encrypt', 'encrypt');
 
 -- a role without grants is refused everything
 SET ROLE vault_test_nobody;
-SELECT pg_temp.err($$SELECT vault.current('priv/export')$$);
-SELECT pg_temp.err($$SELECT vault.create_group('priv/x')$$);
-SELECT pg_temp.err($$SELECT * FROM vault.ring_keys$$);
-SELECT pg_temp.err($$SELECT * FROM vault.groups$$);
+SELECT public.err($$SELECT vault.current('priv/export')$$);
+SELECT public.err($$SELECT vault.create_group('priv/x')$$);
+SELECT public.err($$SELECT * FROM vault.ring_keys$$);
+SELECT public.err($$SELECT * FROM vault.groups$$);
 RESET ROLE;
 
 -- vault_reader: current, resolve, encrypt, decrypt; no management, no tables
@@ -41,14 +33,14 @@ SELECT version, length(key) FROM vault.current('priv/export');
 SELECT length(vault.resolve('priv/export', 1));
 SELECT convert_from(vault.decrypt('priv/encrypt', vault.encrypt('priv/encrypt', 'reader ok')), 'UTF8');
 SELECT name FROM vault.groups WHERE name LIKE 'priv/%' ORDER BY name;
-SELECT pg_temp.err($$SELECT vault.rotate('priv/export')$$);
-SELECT pg_temp.err($$SELECT vault.create_group('priv/x')$$);
-SELECT pg_temp.err($$SELECT vault.retire('priv/export', 1)$$);
-SELECT pg_temp.err($$SELECT vault.drop_group('priv/export')$$);
-SELECT pg_temp.err($$SELECT * FROM vault.ring_keys$$);
-SELECT pg_temp.err($$SELECT * FROM vault.key_groups$$);
-SELECT pg_temp.err($$SELECT * FROM vault.kms_keys$$);
-SELECT pg_temp.err($$INSERT INTO vault.ring_keys VALUES (gen_random_uuid(), 1, now(), now(), NULL, 'x', 'x')$$);
+SELECT public.err($$SELECT vault.rotate('priv/export')$$);
+SELECT public.err($$SELECT vault.create_group('priv/x')$$);
+SELECT public.err($$SELECT vault.retire('priv/export', 1)$$);
+SELECT public.err($$SELECT vault.drop_group('priv/export')$$);
+SELECT public.err($$SELECT * FROM vault.ring_keys$$);
+SELECT public.err($$SELECT * FROM vault.key_groups$$);
+SELECT public.err($$SELECT * FROM vault.kms_keys$$);
+SELECT public.err($$INSERT INTO vault.ring_keys VALUES (gen_random_uuid(), 1, now(), now(), NULL, 'x', 'x')$$);
 RESET ROLE;
 
 -- vault_admin: manages groups, and reads like a reader
@@ -58,8 +50,8 @@ SELECT vault.rotate('priv/admin-made');
 SELECT vault.retire('priv/admin-made', 1);
 SELECT version FROM vault.current('priv/admin-made');
 SELECT vault.drop_group('priv/admin-made');
-SELECT pg_temp.err($$SELECT * FROM vault.ring_keys$$);
-SELECT pg_temp.err($$DELETE FROM vault.key_groups$$);
+SELECT public.err($$SELECT * FROM vault.ring_keys$$);
+SELECT public.err($$DELETE FROM vault.key_groups$$);
 RESET ROLE;
 
 -- a hostile search_path cannot hijack anything: the hot functions run as the
@@ -95,7 +87,7 @@ DROP SCHEMA evil CASCADE;
 
 -- vault.stats() is for vault_admin
 SET ROLE vault_test_reader;
-SELECT pg_temp.err($$SELECT * FROM vault.stats()$$);
+SELECT public.err($$SELECT * FROM vault.stats()$$);
 RESET ROLE;
 SET ROLE vault_test_admin;
 SELECT cache_slots > 0 AS has_cache FROM vault.stats();

@@ -1,14 +1,6 @@
 -- Secrets: manual and rotating, versions, grace windows, verify, generators,
 -- errors and privileges.
 \pset null '(null)'
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
-GRANT EXECUTE ON FUNCTION pg_temp.err(text) TO PUBLIC;
 
 -- manual secrets
 SELECT vault.create_secret('stripe/api-key', 'sk_live_first', 'Stripe key') IS NOT NULL AS created;
@@ -61,44 +53,35 @@ SELECT key_group FROM vault.secrets WHERE name = 'team/token';
 SELECT vault.read_secret('team/token');
 
 -- errors
-SELECT pg_temp.err($$SELECT vault.create_secret('stripe/api-key', 'x')$$);
-SELECT pg_temp.err($$SELECT vault.create_secret('', 'x')$$);
-SELECT pg_temp.err($$SELECT vault.create_secret(E'a\tb', 'x')$$);
-SELECT pg_temp.err($$SELECT vault.create_secret(NULL, 'x')$$);
-SELECT pg_temp.err($$SELECT vault.create_secret('n', NULL)$$);
-SELECT pg_temp.err($$SELECT vault.create_secret('n', 'x', key_group => 'nope')$$);
-SELECT pg_temp.err($$SELECT vault.create_secret('n', 'x', key_group => 'sign/api')$$);
-SELECT pg_temp.err($$SELECT vault.create_rotating_secret('n', '1 day', generator => 'hex:4')$$);
-SELECT pg_temp.err($$SELECT vault.create_rotating_secret('n', '1 day', generator => 'random:32')$$);
-SELECT pg_temp.err($$SELECT vault.create_rotating_secret('n', '0')$$);
-SELECT pg_temp.err($$SELECT vault.create_rotating_secret('n', '1 day', grace_period => '-1 hour')$$);
-SELECT pg_temp.err($$SELECT vault.create_rotating_secret('n', NULL)$$);
+SELECT public.err($$SELECT vault.create_secret('stripe/api-key', 'x')$$);
+SELECT public.err($$SELECT vault.create_secret('', 'x')$$);
+SELECT public.err($$SELECT vault.create_secret(E'a\tb', 'x')$$);
+SELECT public.err($$SELECT vault.create_secret(NULL, 'x')$$);
+SELECT public.err($$SELECT vault.create_secret('n', NULL)$$);
+SELECT public.err($$SELECT vault.create_secret('n', 'x', key_group => 'nope')$$);
+SELECT public.err($$SELECT vault.create_secret('n', 'x', key_group => 'sign/api')$$);
+SELECT public.err($$SELECT vault.create_rotating_secret('n', '1 day', generator => 'hex:4')$$);
+SELECT public.err($$SELECT vault.create_rotating_secret('n', '1 day', generator => 'random:32')$$);
+SELECT public.err($$SELECT vault.create_rotating_secret('n', '0')$$);
+SELECT public.err($$SELECT vault.create_rotating_secret('n', '1 day', grace_period => '-1 hour')$$);
+SELECT public.err($$SELECT vault.create_rotating_secret('n', NULL)$$);
 SELECT count(*) AS nothing_created FROM vault.secrets WHERE name = 'n';
-SELECT pg_temp.err($$SELECT vault.read_secret('nope')$$);
-SELECT pg_temp.err($$SELECT vault.verify_secret('nope', 'x')$$);
-SELECT pg_temp.err($$SELECT vault.update_secret('nope', 'x')$$);
-SELECT pg_temp.err($$SELECT vault.rotate_secret('nope')$$);
-SELECT pg_temp.err($$SELECT vault.delete_secret('nope')$$);
-SELECT pg_temp.err($$SELECT * FROM vault.secret_versions('nope')$$);
-SELECT pg_temp.err($$SELECT vault.rotate_secret('stripe/api-key')$$);
-SELECT pg_temp.err($$SELECT vault.drop_group('team/secrets')$$);
+SELECT public.err($$SELECT vault.read_secret('nope')$$);
+SELECT public.err($$SELECT vault.verify_secret('nope', 'x')$$);
+SELECT public.err($$SELECT vault.update_secret('nope', 'x')$$);
+SELECT public.err($$SELECT vault.rotate_secret('nope')$$);
+SELECT public.err($$SELECT vault.delete_secret('nope')$$);
+SELECT public.err($$SELECT * FROM vault.secret_versions('nope')$$);
+SELECT public.err($$SELECT vault.rotate_secret('stripe/api-key')$$);
+SELECT public.err($$SELECT vault.drop_group('team/secrets')$$);
 
 -- a value's ciphertext moved to another secret fails to decrypt
 SELECT vault.create_secret('victim', 'victim value') IS NOT NULL;
-UPDATE vault.secret_values v SET ciphertext = (
-    SELECT sv.ciphertext FROM vault.secret_values sv JOIN vault.secret_store s ON s.id = sv.secret_id
-     WHERE s.name = 'team/token')
-  FROM vault.secret_store s WHERE s.id = v.secret_id AND s.name = 'victim';
+UPDATE vault.secret_store SET current_ciphertext =
+    (SELECT current_ciphertext FROM vault.secret_store WHERE name = 'team/token')
+ WHERE name = 'victim';
 \c
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
-GRANT EXECUTE ON FUNCTION pg_temp.err(text) TO PUBLIC;
-SELECT pg_temp.err($$SELECT vault.read_secret('victim')$$);
+SELECT public.err($$SELECT vault.read_secret('victim')$$);
 
 -- views: vault.secrets never has values; decrypted_secrets does
 SELECT count(*) AS value_columns FROM information_schema.columns
@@ -114,21 +97,21 @@ SELECT vault.read_secret('stripe/api-key');
 SELECT vault.verify_secret('stripe/api-key', 'sk_live_second');
 SELECT count(*) FROM vault.secret_versions('stripe/api-key');
 SELECT count(*) > 0 AS sees_metadata FROM vault.secrets;
-SELECT pg_temp.err($$SELECT vault.create_secret('r', 'x')$$);
-SELECT pg_temp.err($$SELECT vault.update_secret('stripe/api-key', 'x')$$);
-SELECT pg_temp.err($$SELECT vault.delete_secret('stripe/api-key')$$);
-SELECT pg_temp.err($$SELECT * FROM vault.decrypted_secrets$$);
-SELECT pg_temp.err($$SELECT * FROM vault.secret_values$$);
+SELECT public.err($$SELECT vault.create_secret('r', 'x')$$);
+SELECT public.err($$SELECT vault.update_secret('stripe/api-key', 'x')$$);
+SELECT public.err($$SELECT vault.delete_secret('stripe/api-key')$$);
+SELECT public.err($$SELECT * FROM vault.decrypted_secrets$$);
+SELECT public.err($$SELECT * FROM vault.secret_values$$);
 RESET ROLE;
 SET ROLE vs_admin;
 SELECT vault.create_secret('admin/made', 'a') IS NOT NULL;
 SELECT vault.update_secret('admin/made', 'b');
 SELECT vault.read_secret('admin/made');
 SELECT vault.delete_secret('admin/made');
-SELECT pg_temp.err($$SELECT * FROM vault.decrypted_secrets$$);
+SELECT public.err($$SELECT * FROM vault.decrypted_secrets$$);
 RESET ROLE;
 SET ROLE vs_nobody;
-SELECT pg_temp.err($$SELECT vault.read_secret('stripe/api-key')$$);
+SELECT public.err($$SELECT vault.read_secret('stripe/api-key')$$);
 RESET ROLE;
 GRANT SELECT ON vault.decrypted_secrets TO vs_reader;
 SET ROLE vs_reader;
@@ -149,6 +132,7 @@ SELECT count(*) AS values_after FROM vault.secret_values WHERE secret_id = (SELE
 SELECT vault.create_secret('sentinel', 'SENTINEL-7f3a9c') IS NOT NULL;
 SELECT count(*) AS rows_with_plaintext FROM (
     SELECT s::text AS t FROM vault.secret_store s
+    UNION ALL SELECT encode(s.current_ciphertext, 'escape') FROM vault.secret_store s
     UNION ALL SELECT encode(v.ciphertext, 'escape') FROM vault.secret_values v
     UNION ALL SELECT v::text FROM vault.secret_values v) x
  WHERE t LIKE '%SENTINEL-7f3a9c%' OR t LIKE '%' || encode('SENTINEL-7f3a9c', 'hex') || '%';

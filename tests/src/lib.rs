@@ -40,6 +40,20 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A fresh directory under /tmp that the postgres user owns.
+fn cluster_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "secret_vault-it-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    if is_root() {
+        must(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]).output().unwrap(), "chown");
+    }
+    dir
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub data: PathBuf,
@@ -50,15 +64,7 @@ pub struct Cluster {
 impl Cluster {
     /// A new, stopped cluster with secret_vault preloaded unless `preload` is false.
     pub fn init(name: &str, preload: bool, extra_conf: &[&str]) -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "secret_vault-it-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            must(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]).output().unwrap(), "chown");
-        }
+        let dir = cluster_dir(name);
         let data = dir.join("data");
         must(
             as_postgres("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"]),
@@ -98,15 +104,7 @@ impl Cluster {
 
     /// A streaming standby of this cluster, made with `pg_basebackup -R`.
     pub fn standby(&self, name: &str, conf: &[&str]) -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "secret_vault-it-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            must(Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]).output().unwrap(), "chown");
-        }
+        let dir = cluster_dir(name);
         let data = dir.join("data");
         let port = self.port.to_string();
         must(

@@ -324,3 +324,37 @@ fn key_cache_is_excluded_from_core_dumps() {
     let locked = flags.iter().any(|f| f.contains(" dd") && f.contains(" lo"));
     assert!(locked || c.log().contains("could not lock the key cache"), "either locked or logged");
 }
+
+#[test]
+fn worker_killed_with_sigkill_is_restarted_and_keeps_rotating() {
+    let c = Cluster::start_with("worker-crash", &["secret_vault.worker_interval = 100ms"]);
+    let mut db = c.client();
+    let pid_of = |db: &mut postgres::Client| -> Option<i64> {
+        db.query_one("SELECT worker_pid::bigint FROM vault.stats()", &[]).ok().and_then(|r| r.get(0))
+    };
+    assert!(eventually(Duration::from_secs(10), || pid_of(&mut db).is_some()));
+    let old = pid_of(&mut db).unwrap();
+    Command::new("kill").args(["-9", &old.to_string()]).status().unwrap();
+    drop(db);
+    // A crashed worker makes the postmaster reset shared memory and restart it.
+    let mut db = None;
+    assert!(eventually(Duration::from_secs(60), || {
+        match postgres::Client::connect(&c.conninfo("postgres"), postgres::NoTls) {
+            Ok(mut cl) => {
+                let new = pid_of(&mut cl);
+                let ok = new.is_some() && new != Some(old);
+                if ok {
+                    db = Some(cl);
+                }
+                ok
+            }
+            Err(_) => false,
+        }
+    }));
+    let mut db = db.unwrap();
+    db.batch_execute("SELECT vault.create_group('after/crash', rotation_interval => '1 second')").unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        db.query_one("SELECT latest_version FROM vault.groups WHERE name = 'after/crash'", &[]).unwrap().get::<_, i32>(0)
+            >= 2
+    }));
+}

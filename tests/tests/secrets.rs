@@ -122,8 +122,8 @@ fn a_sentinel_value_never_reaches_tables_files_wal_or_log() {
     }
     // Tampered storage: the error says so without the value.
     db.batch_execute(
-        "UPDATE vault.secret_values SET ciphertext = set_byte(ciphertext, 30, get_byte(ciphertext, 30) # 1)
-          WHERE secret_id = (SELECT id FROM vault.secret_store WHERE name = 'app/key')",
+        "UPDATE vault.secret_store SET current_ciphertext = set_byte(current_ciphertext, 30, get_byte(current_ciphertext, 30) # 1)
+          WHERE name = 'app/key'",
     )
     .unwrap();
     let mut fresh = c.client();
