@@ -28,4 +28,4 @@ SELECT vault.verify_secret('demo/webhook', v) AS old_value_in_grace FROM demo_ol
 SELECT version, state FROM vault.secret_versions('demo/webhook');
 SELECT name, kind, key_group, current_version FROM vault.secrets ORDER BY name;
 \echo '== counters since server start (the hot path does not reach the KMS)'
-SELECT cache_hits, cache_misses, kms_calls, rotations, cached_groups, worker_runs > 0 AS worker_alive FROM vault.stats();
+SELECT cache_hits, cache_misses, kms_calls, rotations, cached_groups, worker_pid IS NOT NULL AS worker_running FROM vault.stats();
