@@ -92,15 +92,14 @@ SELECT g.name AS group_name,
        k.version,
        CASE WHEN k.retired_at IS NOT NULL THEN 'retired'
             WHEN k.activates_at > pg_catalog.clock_timestamp() THEN 'pending'
-            WHEN k.version = (SELECT max(c.version) FROM vault.ring_keys c
-                               WHERE c.group_id = g.id AND c.retired_at IS NULL
-                                 AND c.activates_at <= pg_catalog.clock_timestamp()) THEN 'current'
+            WHEN k.version = gv.current_version THEN 'current'
             ELSE 'previous' END AS state,
        k.created_at,
        k.activates_at,
        k.retired_at,
        k.kms_key_id
   FROM vault.key_groups g
+  JOIN vault.groups gv ON gv.name = g.name
   JOIN vault.ring_keys k ON k.group_id = g.id;
 
 -- Secrets: named values stored as versions, each sealed under a ring key of
