@@ -14,6 +14,8 @@ fn ts(micros: i64) -> Option<TimestampWithTimeZone> {
 }
 
 /// One row of counters since server start.
+// pgrx reads the column names from the inline `name!()` tuple; an alias hides them.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn stats() -> TableIterator<'static, (
     name!(cache_hits, i64),
