@@ -46,29 +46,30 @@ pub fn now_micros() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-fn uuid(id: &GroupId) -> Uuid {
+pub(crate) fn uuid(id: &GroupId) -> Uuid {
     Uuid::from_bytes(*id)
 }
 
-fn required<T>(v: Option<T>, what: &str) -> VaultResult<T> {
+/// A column the schema declares NOT NULL; NULL means the row was tampered with.
+pub(crate) fn column<T>(v: Option<T>, what: &str) -> VaultResult<T> {
     v.ok_or_else(|| VaultError::Internal(format!("catalog row has NULL {what}")))
 }
 
 const GROUP_COLUMNS: &str = "g.id, g.purpose, g.kms_key, k.provider, g.key_bytes, g.ring_size, g.last_version, g.change_seq, g.name";
 
 fn group_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<GroupRow> {
-    let id: Uuid = required(row.get(1)?, "id")?;
-    let purpose: String = required(row.get(2)?, "purpose")?;
+    let id: Uuid = column(row.get(1)?, "id")?;
+    let purpose: String = column(row.get(2)?, "purpose")?;
     Ok(GroupRow {
         id: *id.as_bytes(),
         purpose: Purpose::parse(&purpose)?,
-        kms_key: required(row.get(3)?, "kms_key")?,
-        kms_provider: required(row.get(4)?, "provider")?,
-        key_bytes: required(row.get(5)?, "key_bytes")?,
-        ring_size: required(row.get(6)?, "ring_size")?,
-        last_version: required(row.get(7)?, "last_version")?,
-        change_seq: required(row.get(8)?, "change_seq")?,
-        name: required(row.get(9)?, "name")?,
+        kms_key: column(row.get(3)?, "kms_key")?,
+        kms_provider: column(row.get(4)?, "provider")?,
+        key_bytes: column(row.get(5)?, "key_bytes")?,
+        ring_size: column(row.get(6)?, "ring_size")?,
+        last_version: column(row.get(7)?, "last_version")?,
+        change_seq: column(row.get(8)?, "change_seq")?,
+        name: column(row.get(9)?, "name")?,
     })
 }
 
@@ -106,7 +107,7 @@ pub fn due_groups(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64
     )?;
     rows.into_iter()
         .map(|row| {
-            let due: TimestampWithTimeZone = required(row.get(10)?, "next_rotation_at")?;
+            let due: TimestampWithTimeZone = column(row.get(10)?, "next_rotation_at")?;
             Ok((group_row(row)?, due))
         })
         .collect()
@@ -116,7 +117,7 @@ pub fn due_groups(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64
 pub fn group_sequences(client: &SpiClient<'_>) -> VaultResult<Vec<(String, i64)>> {
     let rows = client.select("SELECT name, change_seq FROM vault.key_groups ORDER BY last_rotated_at DESC", None, &[])?;
     rows.into_iter()
-        .map(|row| Ok((required(row.get(1)?, "name")?, required(row.get(2)?, "change_seq")?)))
+        .map(|row| Ok((column(row.get(1)?, "name")?, column(row.get(2)?, "change_seq")?)))
         .collect()
 }
 
@@ -131,7 +132,7 @@ pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResul
         None => client.select("SELECT name, provider FROM vault.kms_keys WHERE is_default", Some(1), &[])?,
     };
     match rows.into_iter().next() {
-        Some(row) => Ok((required(row.get(1)?, "name")?, required(row.get(2)?, "provider")?)),
+        Some(row) => Ok((column(row.get(1)?, "name")?, column(row.get(2)?, "provider")?)),
         None => Err(VaultError::KmsKeyNotFound(name.unwrap_or("(default)").to_string())),
     }
 }
@@ -139,13 +140,13 @@ pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResul
 const KEY_COLUMNS: &str = "version, activates_at, retired_at IS NOT NULL, kms_key_id, wrapped_key";
 
 fn key_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<KeyRow> {
-    let at: TimestampWithTimeZone = required(row.get(2)?, "activates_at")?;
+    let at: TimestampWithTimeZone = column(row.get(2)?, "activates_at")?;
     Ok(KeyRow {
-        version: required(row.get(1)?, "version")?,
+        version: column(row.get(1)?, "version")?,
         activates_at: at.into(),
-        retired: required(row.get(3)?, "retired")?,
-        kms_key_id: required(row.get(4)?, "kms_key_id")?,
-        wrapped: required(row.get(5)?, "wrapped_key")?,
+        retired: column(row.get(3)?, "retired")?,
+        kms_key_id: column(row.get(4)?, "kms_key_id")?,
+        wrapped: column(row.get(5)?, "wrapped_key")?,
     })
 }
 

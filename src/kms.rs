@@ -24,7 +24,7 @@ thread_local! {
 }
 
 /// The provider for a registered KMS key, given its provider kind.
-pub fn provider(name: &str, kind: &str) -> VaultResult<Rc<dyn KmsProvider>> {
+fn provider(name: &str, kind: &str) -> VaultResult<Rc<dyn KmsProvider>> {
     match kind {
         "local" => Ok(local()?),
         other => Err(VaultError::Kms(KmsError::Config(format!(

@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::Uuid;
 
+use crate::catalog::{column, uuid};
 use crate::error::{VaultError, VaultResult};
 
 type Id = [u8; 16];
@@ -55,13 +56,6 @@ fn update<'c>(
     Ok(client.update(&*p, None, args)?)
 }
 
-fn req<T>(v: Option<T>, what: &str) -> VaultResult<T> {
-    v.ok_or_else(|| VaultError::Internal(format!("secret row has NULL {what}")))
-}
-
-fn uuid(id: &Id) -> Uuid {
-    Uuid::from_bytes(*id)
-}
 
 use pg_sys::{BYTEAOID as BYTEA, INT4OID as INT4, INT8OID as INT8, INTERVALOID as INTERVAL, TEXTOID as TEXT, TIMESTAMPTZOID as TSTZ, UUIDOID as UUID};
 
@@ -90,15 +84,15 @@ pub struct ValueRow {
 }
 
 fn secret_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<SecretRow> {
-    let id: Uuid = req(row.get(1)?, "id")?;
+    let id: Uuid = column(row.get(1)?, "id")?;
     Ok(SecretRow {
         id: *id.as_bytes(),
-        name: req(row.get(2)?, "name")?,
-        kind: req(row.get(3)?, "kind")?,
-        group: req(row.get(4)?, "key group")?,
-        current_version: req(row.get(5)?, "current_version")?,
+        name: column(row.get(2)?, "name")?,
+        kind: column(row.get(3)?, "kind")?,
+        group: column(row.get(4)?, "key group")?,
+        current_version: column(row.get(5)?, "current_version")?,
         generator: row.get(6)?,
-        current_ciphertext: req(row.get(7)?, "current_ciphertext")?,
+        current_ciphertext: column(row.get(7)?, "current_ciphertext")?,
     })
 }
 
@@ -127,11 +121,11 @@ pub fn live_values(client: &SpiClient<'_>, s: &SecretRow, now: TimestampWithTime
     )?;
     let mut out = vec![ValueRow { version: s.current_version, valid_until: None, ciphertext: s.current_ciphertext.clone() }];
     for r in rows {
-        let until: TimestampWithTimeZone = req(r.get(2)?, "valid_until")?;
+        let until: TimestampWithTimeZone = column(r.get(2)?, "valid_until")?;
         out.push(ValueRow {
-            version: req(r.get(1)?, "version")?,
+            version: column(r.get(1)?, "version")?,
             valid_until: Some(until.into()),
-            ciphertext: req(r.get(3)?, "ciphertext")?,
+            ciphertext: column(r.get(3)?, "ciphertext")?,
         });
     }
     Ok(out)
@@ -154,7 +148,7 @@ pub fn versions(
         &[uuid(id).into()],
     )?;
     rows.into_iter()
-        .map(|r| Ok((req(r.get(1)?, "version")?, req(r.get(2)?, "created_at")?, r.get(3)?)))
+        .map(|r| Ok((column(r.get(1)?, "version")?, column(r.get(2)?, "created_at")?, r.get(3)?)))
         .collect()
 }
 
@@ -276,7 +270,7 @@ pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> Va
     )?;
     rows.into_iter()
         .map(|r| {
-            let due: TimestampWithTimeZone = req(r.get(8)?, "next_rotation_at")?;
+            let due: TimestampWithTimeZone = column(r.get(8)?, "next_rotation_at")?;
             Ok((secret_row(r)?, due))
         })
         .collect()
@@ -304,5 +298,5 @@ pub fn fingerprint(client: &SpiClient<'_>) -> VaultResult<(i64, i64)> {
         &[],
     )?;
     let r = rows.first();
-    Ok((req(r.get(1)?, "count")?, req(r.get(2)?, "sum")?))
+    Ok((column(r.get(1)?, "count")?, column(r.get(2)?, "sum")?))
 }

@@ -207,13 +207,6 @@ impl RingCache {
         Self::header_size() + align8(slots * 8) + slots * Self::slot_stride(versions)
     }
 
-    /// Offset and length of the part of the region that holds key bytes,
-    /// for `madvise`/`mlock` (the whole region, in practice).
-    pub fn key_area(slots: usize, versions: usize) -> (usize, usize) {
-        let start = Self::header_size() + align8(slots * 8);
-        (start, slots * Self::slot_stride(versions))
-    }
-
     /// # Safety
     /// `base` must point to `region_size(slots, versions)` bytes, 8-aligned,
     /// valid for the life of the returned view. With `initialize`, the caller
@@ -228,10 +221,6 @@ impl RingCache {
             h.versions = versions as u64;
         }
         cache
-    }
-
-    pub fn is_initialized(&self) -> bool {
-        self.header().magic == MAGIC
     }
 
     fn header(&self) -> &Header {
@@ -397,16 +386,6 @@ impl RingCache {
     pub fn touch(&mut self) {
         self.bump_epoch();
         self.counters().invalidations.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn invalidate_all(&mut self) {
-        self.bump_epoch();
-        self.counters().invalidations.fetch_add(1, Ordering::Relaxed);
-        for i in 0..self.slots {
-            if self.hash_at(i) != 0 {
-                self.wipe_slot(i);
-            }
-        }
     }
 
     /// Stores a loaded group, replacing its old slot or evicting the least

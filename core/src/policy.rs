@@ -124,29 +124,6 @@ pub struct VersionFacts {
     pub retired: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionState {
-    /// Resolvable, not yet returned by `current`.
-    Pending,
-    /// The one `current` returns.
-    Current,
-    /// Older than current, still resolvable and decryptable.
-    Previous,
-    /// No longer usable.
-    Retired,
-}
-
-impl VersionState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VersionState::Pending => "pending",
-            VersionState::Current => "current",
-            VersionState::Previous => "previous",
-            VersionState::Retired => "retired",
-        }
-    }
-}
-
 /// The current version at `now`: the newest version already active and not
 /// retired. Pending versions (activation in the future) are skipped, so a
 /// rotation takes effect by time alone.
@@ -156,18 +133,6 @@ pub fn current_version(versions: &[VersionFacts], now: i64) -> Option<u32> {
         .filter(|v| !v.retired && v.activates_at <= now)
         .map(|v| v.version)
         .max()
-}
-
-pub fn version_state(v: &VersionFacts, current: Option<u32>, now: i64) -> VersionState {
-    if v.retired {
-        VersionState::Retired
-    } else if v.activates_at > now {
-        VersionState::Pending
-    } else if Some(v.version) == current {
-        VersionState::Current
-    } else {
-        VersionState::Previous
-    }
 }
 
 /// Whether versions below `below` may be retired: never the current one (it
@@ -244,9 +209,7 @@ mod tests {
             VersionFacts { version: 2, activates_at: 100, retired: false },
         ];
         assert_eq!(current_version(&vs, 99), Some(1));
-        assert_eq!(version_state(&vs[1], Some(1), 99), VersionState::Pending);
         assert_eq!(current_version(&vs, 100), Some(2));
-        assert_eq!(version_state(&vs[0], Some(2), 100), VersionState::Previous);
     }
 
     #[test]
@@ -256,7 +219,6 @@ mod tests {
             VersionFacts { version: 2, activates_at: 0, retired: false },
         ];
         assert_eq!(current_version(&vs, 10), Some(2));
-        assert_eq!(version_state(&vs[0], Some(2), 10), VersionState::Retired);
     }
 
     #[test]
