@@ -1,17 +1,83 @@
 -- secret_vault: tables, roles and views. Functions are generated from the
 -- Rust sources; grants are applied in finalize.sql once they all exist.
 
-DO $roles$
+-- The install trusts nothing it did not make. CREATE EXTENSION runs as a
+-- superuser, and everything below (and every query the extension runs later)
+-- would otherwise be at the mercy of whoever prepared the ground:
+--  * schema vault must have been created by this CREATE EXTENSION, or be an
+--    empty schema owned by a superuser in which no other role may create
+--    objects (what DROP EXTENSION leaves behind): an owner could plant
+--    look-alikes or rename it under us;
+--  * pre-existing roles with the extension's role names must be plain
+--    NOLOGIN roles, and nobody may be a member of vault_owner.
+DO $install_checks$
+DECLARE
+    ns record;
+    r record;
+    objects bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vault_reader') THEN
+    SELECT n.oid, n.nspname, o.rolsuper AS owner_is_superuser,
+           n.xmin OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id()::pg_catalog.xid AS created_now,
+           EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) a
+                     LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee
+                    WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+                      AND NOT coalesce(g.rolsuper, false)) AS others_may_create
+      INTO ns
+      FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) n.nspowner
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'vault';
+    IF NOT ns.created_now THEN
+        SELECT (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) ns.oid)
+             + (SELECT count(*) FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) ns.oid)
+             + (SELECT count(*) FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) ns.oid)
+             + (SELECT count(*) FROM pg_catalog.pg_operator WHERE oprnamespace OPERATOR(pg_catalog.=) ns.oid)
+             + (SELECT count(*) FROM pg_catalog.pg_collation WHERE collnamespace OPERATOR(pg_catalog.=) ns.oid)
+             + (SELECT count(*) FROM pg_catalog.pg_conversion WHERE connamespace OPERATOR(pg_catalog.=) ns.oid)
+             + (SELECT count(*) FROM pg_catalog.pg_opfamily WHERE opfnamespace OPERATOR(pg_catalog.=) ns.oid)
+             + (SELECT count(*) FROM pg_catalog.pg_ts_config WHERE cfgnamespace OPERATOR(pg_catalog.=) ns.oid)
+             + (SELECT count(*) FROM pg_catalog.pg_ts_dict WHERE dictnamespace OPERATOR(pg_catalog.=) ns.oid)
+          INTO objects;
+        IF NOT ns.owner_is_superuser OR ns.others_may_create OR objects OPERATOR(pg_catalog.>) 0 THEN
+            RAISE EXCEPTION 'schema "vault" already exists and was not created by CREATE EXTENSION secret_vault'
+                USING ERRCODE = 'duplicate_schema',
+                      DETAIL = 'Its owner, anyone allowed to create objects in it, or objects already in it could capture keys and values.',
+                      HINT = 'Drop or rename that schema first (DROP SCHEMA vault), then CREATE EXTENSION secret_vault.';
+        END IF;
+    END IF;
+
+    FOR r IN SELECT rolname, rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolreplication
+               FROM pg_catalog.pg_roles
+              WHERE rolname OPERATOR(pg_catalog.=) ANY (ARRAY['vault_owner', 'vault_reader', 'vault_admin'])
+    LOOP
+        IF r.rolcanlogin OR r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication THEN
+            RAISE EXCEPTION 'role "%" already exists with attributes secret_vault does not give it', r.rolname
+                USING ERRCODE = 'duplicate_object',
+                      DETAIL = 'The extension''s roles must be NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION.',
+                      HINT = pg_catalog.format('ALTER ROLE %I NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION, or drop it.', r.rolname);
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) m.roleid
+                WHERE o.rolname OPERATOR(pg_catalog.=) 'vault_owner') THEN
+        RAISE EXCEPTION 'role "vault_owner" has members'
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'vault_owner owns the vault tables; a member could read and edit them directly.',
+                  HINT = 'REVOKE vault_owner FROM every member first.';
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'vault_owner') THEN
+        CREATE ROLE vault_owner NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION NOINHERIT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'vault_reader') THEN
         CREATE ROLE vault_reader NOLOGIN;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vault_admin') THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'vault_admin') THEN
         CREATE ROLE vault_admin NOLOGIN;
     END IF;
 END
-$roles$;
+$install_checks$;
 GRANT vault_reader TO vault_admin;
+-- vault_owner owns the tables and runs every query the extension makes; it
+-- is not a superuser, so nothing the extension runs has a superuser's rights.
+GRANT USAGE ON SCHEMA vault TO vault_owner;
 
 -- KMS master keys that wrap ring keys, by name. Exactly one is the default.
 CREATE TABLE vault.kms_keys (
@@ -57,6 +123,9 @@ CREATE TABLE vault.ring_keys (
     retired_at    timestamptz,
     kms_key_id    text NOT NULL,
     wrapped_key   bytea NOT NULL,
+    -- What the KMS bound the wrapped key to: 1 = group and version (0.1.0),
+    -- 2 = also the group's purpose and key size.
+    binding       smallint NOT NULL DEFAULT 1 CHECK (binding IN (1, 2)),
     PRIMARY KEY (group_id, version)
 );
 
@@ -106,11 +175,10 @@ SELECT g.name AS group_name,
 -- an 'encrypt' group and bound to (secret id, version).
 --
 -- Written only by the extension's own functions, which validate every value
--- (names, kinds, intervals, generators) before writing. These two tables
--- carry no CHECK constraints or foreign keys on purpose: both are evaluated
--- on every insert (constraint expressions are re-read, each foreign key runs
--- a locking lookup), which tripled the cost of vault.create_secret. Deletion
--- removes values explicitly; drop_group refuses a group that seals secrets.
+-- (names, kinds, intervals, generators) before writing, so they carry no
+-- CHECK constraints. They do carry foreign keys: a secret can never outlive
+-- the group that seals it, nor a superseded value its secret, whatever the
+-- interleaving of drop_group, create_secret, delete_secret and rotation.
 -- One row per secret, holding its current value's ciphertext: creating a
 -- secret writes one row and one index entry. Superseded versions move to
 -- vault.secret_values.
@@ -129,8 +197,11 @@ CREATE TABLE vault.secret_store (
     created_at          timestamptz NOT NULL,
     updated_at          timestamptz NOT NULL,
     next_rotation_at    timestamptz,
-    change_seq          bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
+    change_seq          bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass),
+    CONSTRAINT secret_store_id_key UNIQUE (id),
+    CONSTRAINT secret_store_key_group_fkey FOREIGN KEY (key_group_id) REFERENCES vault.key_groups (id)
 );
+CREATE INDEX secret_store_key_group ON vault.secret_store (key_group_id);
 CREATE INDEX secret_store_due ON vault.secret_store (next_rotation_at) WHERE next_rotation_at IS NOT NULL;
 
 -- Superseded versions, only ciphertext. valid_until ends the grace window:
@@ -141,7 +212,8 @@ CREATE TABLE vault.secret_values (
     created_at   timestamptz NOT NULL,
     valid_until  timestamptz NOT NULL,
     ciphertext   bytea NOT NULL,
-    PRIMARY KEY (secret_id, version)
+    PRIMARY KEY (secret_id, version),
+    CONSTRAINT secret_values_secret_fkey FOREIGN KEY (secret_id) REFERENCES vault.secret_store (id) ON DELETE CASCADE
 );
 
 SELECT pg_catalog.pg_extension_config_dump('vault.secret_store', '');
@@ -163,3 +235,13 @@ SELECT s.id,
        s.next_rotation_at
   FROM vault.secret_store s
   JOIN vault.key_groups g ON g.id = s.key_group_id;
+
+ALTER TABLE vault.kms_keys OWNER TO vault_owner;
+ALTER TABLE vault.key_groups OWNER TO vault_owner;
+ALTER TABLE vault.ring_keys OWNER TO vault_owner;
+ALTER TABLE vault.secret_store OWNER TO vault_owner;
+ALTER TABLE vault.secret_values OWNER TO vault_owner;
+ALTER SEQUENCE vault.change_seq OWNER TO vault_owner;
+ALTER VIEW vault.groups OWNER TO vault_owner;
+ALTER VIEW vault.group_versions OWNER TO vault_owner;
+ALTER VIEW vault.secrets OWNER TO vault_owner;

@@ -23,8 +23,9 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT ON vault.groups, vault.group_versions TO vault_reader, vault_admin;
 GRANT SELECT ON vault.kms_keys TO vault_admin;
 
--- Current values. Granted to no one: GRANT SELECT on it, and vault_reader
--- (for vault._open_secret), to the roles that may list every value.
+-- Current values. Granted to no one: to let a role list every value,
+-- GRANT SELECT on it and EXECUTE on vault._open_secret (which refuses any
+-- caller without SELECT on this view).
 CREATE VIEW vault.decrypted_secrets AS
 SELECT s.id,
        s.name,
@@ -36,6 +37,7 @@ SELECT s.id,
        s.updated_at
   FROM vault.secret_store s
   JOIN vault.key_groups g ON g.id = s.key_group_id;
+ALTER VIEW vault.decrypted_secrets OWNER TO vault_owner;
 REVOKE ALL ON vault.decrypted_secrets FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vault FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA vault FROM PUBLIC;
@@ -43,8 +45,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA vault FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     vault.read_secret(text),
     vault.verify_secret(text, text),
-    vault.secret_versions(text),
-    vault._open_secret(text, uuid, int, bytea)
+    vault.secret_versions(text)
   TO vault_reader;
 
 GRANT EXECUTE ON FUNCTION
@@ -56,3 +57,24 @@ GRANT EXECUTE ON FUNCTION
   TO vault_admin;
 
 GRANT SELECT ON vault.secrets TO vault_reader, vault_admin;
+
+-- Per-database workers, for operators.
+CREATE VIEW vault.workers AS SELECT * FROM vault.worker_status();
+ALTER VIEW vault.workers OWNER TO vault_owner;
+REVOKE ALL ON vault.workers FROM PUBLIC;
+REVOKE ALL ON FUNCTION vault.worker_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.worker_status() TO vault_admin;
+GRANT SELECT ON vault.workers TO vault_admin;
+
+-- SECURITY DEFINER functions run as vault_owner, never as the superuser who
+-- ran CREATE EXTENSION.
+DO $owners$
+DECLARE f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'vault'::pg_catalog.regnamespace AND p.prosecdef
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO vault_owner', f);
+    END LOOP;
+END
+$owners$;

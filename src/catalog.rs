@@ -8,10 +8,11 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
-use secret_vault_core::aad::GroupId;
+use secret_vault_core::aad::{GroupId, RingKeyBinding};
 use secret_vault_core::policy::Purpose;
 
 use crate::error::{VaultError, VaultResult};
+use crate::identity::sql;
 
 #[derive(Debug, Clone)]
 pub struct GroupRow {
@@ -28,6 +29,7 @@ pub struct GroupRow {
 
 #[derive(Debug)]
 pub struct KeyRow {
+    pub binding: RingKeyBinding,
     pub version: i32,
     pub activates_at: i64,
     pub retired: bool,
@@ -75,16 +77,54 @@ fn group_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<GroupRow> {
 
 pub fn load_group(client: &SpiClient<'_>, name: &str) -> VaultResult<Option<GroupRow>> {
     let rows = client.select(
-        &format!(
+        &sql(&format!(
             "SELECT {GROUP_COLUMNS}
                FROM vault.key_groups g
                JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
               WHERE g.name OPERATOR(pg_catalog.=) $1"
-        ),
+        ))?,
         Some(1),
         &[name.into()],
     )?;
     rows.into_iter().next().map(group_row).transpose()
+}
+
+/// A group by id, for the worker (which addresses groups by identity).
+pub fn load_group_by_id(client: &SpiClient<'_>, id: &GroupId) -> VaultResult<Option<GroupRow>> {
+    let rows = client.select(
+        &sql(&format!(
+            "SELECT {GROUP_COLUMNS}
+               FROM vault.key_groups g
+               JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
+              WHERE g.id OPERATOR(pg_catalog.=) $1"
+        ))?,
+        Some(1),
+        &[uuid(id).into()],
+    )?;
+    rows.into_iter().next().map(group_row).transpose()
+}
+
+/// Locks a group's row against deletion until this transaction ends (the
+/// lock a foreign key check takes): a concurrent `drop_group` waits for us,
+/// then sees what we wrote. False if the group no longer exists.
+pub fn lock_group_key_share(client: &mut SpiClient<'_>, id: &GroupId) -> VaultResult<bool> {
+    let rows = client.update(
+        &sql("SELECT 1 FROM vault.key_groups WHERE id OPERATOR(pg_catalog.=) $1 FOR KEY SHARE")?,
+        Some(1),
+        &[uuid(id).into()],
+    )?;
+    Ok(!rows.is_empty())
+}
+
+/// Locks a group's row for deletion: waits for every transaction that
+/// sealed a secret under it (they hold KEY SHARE) to end.
+pub fn lock_group_for_drop(client: &mut SpiClient<'_>, id: &GroupId) -> VaultResult<bool> {
+    let rows = client.update(
+        &sql("SELECT 1 FROM vault.key_groups WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE")?,
+        Some(1),
+        &[uuid(id).into()],
+    )?;
+    Ok(!rows.is_empty())
 }
 
 pub fn group(client: &SpiClient<'_>, name: &str) -> VaultResult<GroupRow> {
@@ -94,14 +134,14 @@ pub fn group(client: &SpiClient<'_>, name: &str) -> VaultResult<GroupRow> {
 /// Groups whose scheduled rotation is due at `now`, oldest due first.
 pub fn due_groups(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> VaultResult<Vec<(GroupRow, TimestampWithTimeZone)>> {
     let rows = client.select(
-        &format!(
+        &sql(&format!(
             "SELECT {GROUP_COLUMNS}, g.next_rotation_at
                FROM vault.key_groups g
                JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
               WHERE g.next_rotation_at OPERATOR(pg_catalog.<=) $1
               ORDER BY g.next_rotation_at
               LIMIT $2"
-        ),
+        ))?,
         None,
         &[now.into(), limit.into()],
     )?;
@@ -113,11 +153,14 @@ pub fn due_groups(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64
         .collect()
 }
 
-/// Every group's name and change sequence, for reconciling the cache.
-pub fn group_sequences(client: &SpiClient<'_>) -> VaultResult<Vec<(String, i64)>> {
-    let rows = client.select("SELECT name, change_seq FROM vault.key_groups ORDER BY last_rotated_at DESC", None, &[])?;
+/// Every group's id and change sequence, for reconciling the cache.
+pub fn group_sequences(client: &SpiClient<'_>) -> VaultResult<Vec<(GroupId, i64)>> {
+    let rows = client.select(&sql("SELECT id, change_seq FROM vault.key_groups ORDER BY last_rotated_at DESC")?, None, &[])?;
     rows.into_iter()
-        .map(|row| Ok((column(row.get(1)?, "name")?, column(row.get(2)?, "change_seq")?)))
+        .map(|row| {
+            let id: Uuid = column(row.get(1)?, "id")?;
+            Ok((*id.as_bytes(), column(row.get(2)?, "change_seq")?))
+        })
         .collect()
 }
 
@@ -125,11 +168,11 @@ pub fn group_sequences(client: &SpiClient<'_>) -> VaultResult<Vec<(String, i64)>
 pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResult<(String, String)> {
     let rows = match name {
         Some(n) => client.select(
-            "SELECT name, provider FROM vault.kms_keys WHERE name OPERATOR(pg_catalog.=) $1",
+            &sql("SELECT name, provider FROM vault.kms_keys WHERE name OPERATOR(pg_catalog.=) $1")?,
             Some(1),
             &[n.into()],
         )?,
-        None => client.select("SELECT name, provider FROM vault.kms_keys WHERE is_default", Some(1), &[])?,
+        None => client.select(&sql("SELECT name, provider FROM vault.kms_keys WHERE is_default")?, Some(1), &[])?,
     };
     match rows.into_iter().next() {
         Some(row) => Ok((column(row.get(1)?, "name")?, column(row.get(2)?, "provider")?)),
@@ -137,28 +180,32 @@ pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResul
     }
 }
 
-const KEY_COLUMNS: &str = "version, activates_at, retired_at IS NOT NULL, kms_key_id, wrapped_key";
+const KEY_COLUMNS: &str = "version, activates_at, retired_at IS NOT NULL, kms_key_id, wrapped_key, binding";
 
 fn key_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<KeyRow> {
     let at: TimestampWithTimeZone = column(row.get(2)?, "activates_at")?;
+    let binding: i16 = column(row.get(6)?, "binding")?;
     Ok(KeyRow {
         version: column(row.get(1)?, "version")?,
         activates_at: at.into(),
         retired: column(row.get(3)?, "retired")?,
         kms_key_id: column(row.get(4)?, "kms_key_id")?,
         wrapped: column(row.get(5)?, "wrapped_key")?,
+        // An unknown binding is a tampered row: refuse it, never guess.
+        binding: RingKeyBinding::from_column(binding)
+            .ok_or_else(|| VaultError::Internal(format!("ring key row has unknown binding {binding}")))?,
     })
 }
 
 /// The newest `limit` versions of a group, newest first, retired ones included.
 pub fn newest_keys(client: &SpiClient<'_>, group: &GroupId, limit: i64) -> VaultResult<Vec<KeyRow>> {
     let rows = client.select(
-        &format!(
+        &sql(&format!(
             "SELECT {KEY_COLUMNS} FROM vault.ring_keys
               WHERE group_id OPERATOR(pg_catalog.=) $1
               ORDER BY version DESC
               LIMIT $2"
-        ),
+        ))?,
         None,
         &[uuid(group).into(), limit.into()],
     )?;
@@ -168,13 +215,13 @@ pub fn newest_keys(client: &SpiClient<'_>, group: &GroupId, limit: i64) -> Vault
 /// The newest active, unretired version at `now`.
 pub fn current_key_row(client: &SpiClient<'_>, group: &GroupRow, now: TimestampWithTimeZone) -> VaultResult<KeyRow> {
     let rows = client.select(
-        &format!(
+        &sql(&format!(
             "SELECT {KEY_COLUMNS} FROM vault.ring_keys
               WHERE group_id OPERATOR(pg_catalog.=) $1 AND retired_at IS NULL
                 AND activates_at OPERATOR(pg_catalog.<=) $2
               ORDER BY version DESC
               LIMIT 1"
-        ),
+        ))?,
         Some(1),
         &[uuid(&group.id).into(), now.into()],
     )?;
@@ -186,10 +233,10 @@ pub fn current_key_row(client: &SpiClient<'_>, group: &GroupRow, now: TimestampW
 
 pub fn key_row_at(client: &SpiClient<'_>, group: &GroupId, version: i32) -> VaultResult<Option<KeyRow>> {
     let rows = client.select(
-        &format!(
+        &sql(&format!(
             "SELECT {KEY_COLUMNS} FROM vault.ring_keys
               WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2"
-        ),
+        ))?,
         Some(1),
         &[uuid(group).into(), version.into()],
     )?;
@@ -214,12 +261,12 @@ pub fn insert_group(client: &mut SpiClient<'_>, g: &NewGroup<'_>, now: Timestamp
         None => pgrx::datum::DatumWithOid::null::<Interval>(),
     };
     let rows = client.update(
-        "INSERT INTO vault.key_groups
+        &sql("INSERT INTO vault.key_groups
              (id, name, purpose, rotation_interval, propagation_delay, ring_size, key_bytes,
               kms_key, last_version, created_at, last_rotated_at, next_rotation_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9, $9 OPERATOR(pg_catalog.+) $4)
          ON CONFLICT (name) DO NOTHING
-         RETURNING 1",
+         RETURNING 1")?,
         None,
         &[
             uuid(&g.id).into(),
@@ -248,10 +295,10 @@ pub fn insert_key(
     activate_now: bool,
 ) -> VaultResult<()> {
     client.update(
-        "INSERT INTO vault.ring_keys (group_id, version, created_at, activates_at, kms_key_id, wrapped_key)
-         SELECT g.id, $2, $3, CASE WHEN $4 THEN $3 ELSE $3 OPERATOR(pg_catalog.+) g.propagation_delay END, $5, $6
+        &sql("INSERT INTO vault.ring_keys (group_id, version, created_at, activates_at, kms_key_id, wrapped_key, binding)
+         SELECT g.id, $2, $3, CASE WHEN $4 THEN $3 ELSE $3 OPERATOR(pg_catalog.+) g.propagation_delay END, $5, $6, 2
            FROM vault.key_groups g
-          WHERE g.id OPERATOR(pg_catalog.=) $1",
+          WHERE g.id OPERATOR(pg_catalog.=) $1")?,
         None,
         &[uuid(group).into(), version.into(), now.into(), activate_now.into(), kms_key_id.into(), wrapped.into()],
     )?;
@@ -275,14 +322,14 @@ pub fn claim_version(
         None => pgrx::datum::DatumWithOid::null::<TimestampWithTimeZone>(),
     };
     let rows = client.update(
-        "UPDATE vault.key_groups
+        &sql("UPDATE vault.key_groups
             SET last_version = $2, last_rotated_at = $3,
                 next_rotation_at = $3 OPERATOR(pg_catalog.+) rotation_interval,
                 change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
           WHERE id OPERATOR(pg_catalog.=) $1
             AND last_version OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 1)
             AND ($4::pg_catalog.timestamptz IS NULL OR next_rotation_at OPERATOR(pg_catalog.=) $4)
-         RETURNING 1",
+         RETURNING 1")?,
         None,
         &[uuid(group).into(), next.into(), now.into(), due_arg],
     )?;
@@ -291,14 +338,14 @@ pub fn claim_version(
 
 pub fn retire_below(client: &mut SpiClient<'_>, group: &GroupId, below: i32, now: TimestampWithTimeZone) -> VaultResult<()> {
     client.update(
-        "UPDATE vault.ring_keys SET retired_at = $3
-          WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.<) $2 AND retired_at IS NULL",
+        &sql("UPDATE vault.ring_keys SET retired_at = $3
+          WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.<) $2 AND retired_at IS NULL")?,
         None,
         &[uuid(group).into(), below.into(), now.into()],
     )?;
     client.update(
-        "UPDATE vault.key_groups SET change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
-          WHERE id OPERATOR(pg_catalog.=) $1",
+        &sql("UPDATE vault.key_groups SET change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
+          WHERE id OPERATOR(pg_catalog.=) $1")?,
         None,
         &[uuid(group).into()],
     )?;
@@ -306,66 +353,13 @@ pub fn retire_below(client: &mut SpiClient<'_>, group: &GroupId, below: i32, now
 }
 
 /// Deletes a group; its wrapped keys go with it (ON DELETE CASCADE).
-pub fn delete_group(client: &mut SpiClient<'_>, name: &str) -> VaultResult<bool> {
+pub fn delete_group(client: &mut SpiClient<'_>, id: &GroupId) -> VaultResult<bool> {
     let rows = client.update(
-        "DELETE FROM vault.key_groups WHERE name OPERATOR(pg_catalog.=) $1 RETURNING 1",
+        &sql("DELETE FROM vault.key_groups WHERE id OPERATOR(pg_catalog.=) $1 RETURNING 1")?,
         None,
-        &[name.into()],
+        &[uuid(id).into()],
     )?;
     Ok(!rows.is_empty())
-}
-
-thread_local! {
-    static OWNER: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
-}
-
-fn extension_owner() -> VaultResult<pg_sys::Oid> {
-    if let Some(o) = OWNER.get() {
-        return Ok(o);
-    }
-    // A read-only select: pgrx's Spi::get_one would assign a transaction id,
-    // which a standby refuses and which would stop this transaction filling the cache.
-    let owner = Spi::connect(|c| {
-        c.select(
-            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'secret_vault'",
-            Some(1),
-            &[],
-        )?
-        .first()
-        .get_one::<pg_sys::Oid>()
-    })?
-    .ok_or_else(|| VaultError::Internal("extension secret_vault is not installed in this database".into()))?;
-    OWNER.set(Some(owner));
-    Ok(owner)
-}
-
-/// Runs `f` as the extension's owner, so SECURITY INVOKER functions can read
-/// the vault tables their callers cannot. Where allowed, it reads through a
-/// snapshot taken now (not the caller's older one): a load that follows an
-/// invalidation then sees the commit that caused it. PostgreSQL restores the
-/// user and pops the snapshot itself if `f` raises an error.
-pub fn as_owner<R>(f: impl FnOnce() -> VaultResult<R>) -> VaultResult<R> {
-    let owner = extension_owner()?;
-    unsafe {
-        let mut saved_user = pg_sys::Oid::INVALID;
-        let mut saved_ctx = 0;
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        // A parallel operation cannot take new snapshots; it reads with its own.
-        let fresh = !pg_sys::IsInParallelMode();
-        if fresh {
-            pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
-        }
-        let r = f();
-        if fresh {
-            pg_sys::PopActiveSnapshot();
-        }
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
-        r
-    }
 }
 
 /// Whether a load in this transaction may be stored in the shared cache: only

@@ -27,6 +27,9 @@ pub enum VaultError {
     SecretExists(String),
     ManualSecret(String),
     GroupInUse(String),
+    PermissionDenied(&'static str),
+    NotInstalled,
+    SchemaVersion { installed: String, library: &'static str },
     Internal(String),
 }
 
@@ -115,10 +118,15 @@ impl VaultError {
                     CryptoError::AuthenticationFailed => ERRCODE_DATA_EXCEPTION,
                     CryptoError::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                     CryptoError::KeyLength { .. } => ERRCODE_INTERNAL_ERROR,
+                    CryptoError::WrongDomain => ERRCODE_WRONG_OBJECT_TYPE,
+                    CryptoError::ReservedContext => ERRCODE_INVALID_PARAMETER_VALUE,
                     _ => ERRCODE_INVALID_BINARY_REPRESENTATION,
                 };
                 let msg = match e {
-                    CryptoError::AuthenticationFailed | CryptoError::TooLarge => e.to_string(),
+                    CryptoError::AuthenticationFailed
+                    | CryptoError::TooLarge
+                    | CryptoError::WrongDomain
+                    | CryptoError::ReservedContext => e.to_string(),
                     _ => format!("invalid ciphertext: {e}"),
                 };
                 (code, msg, None)
@@ -156,6 +164,19 @@ impl VaultError {
                 ERRCODE_READ_ONLY_SQL_TRANSACTION,
                 format!("cannot {op} while the server is in recovery (a standby)"),
                 Some("Run it on the primary; standbys follow it through replication.".into()),
+            ),
+            VaultError::PermissionDenied(what) => {
+                (ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for {what}"), None)
+            }
+            VaultError::NotInstalled => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "extension secret_vault is not installed in this database".into(),
+                Some("CREATE EXTENSION secret_vault;".into()),
+            ),
+            VaultError::SchemaVersion { installed, library } => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("secret_vault {installed} is installed in this database, but the server runs library {library}"),
+                Some("Run: ALTER EXTENSION secret_vault UPDATE;".into()),
             ),
             VaultError::Internal(m) => (ERRCODE_INTERNAL_ERROR, m, None),
         };

@@ -9,7 +9,7 @@ use secret_vault_core::policy::{self, GroupSettings, Purpose, Span};
 
 use crate::catalog::{self, NewGroup};
 use crate::error::{require_writable, required, OrRaise, VaultError, VaultResult};
-use crate::{coherence, kms};
+use crate::{coherence, identity, kms};
 
 /// How often a rotation retries after losing a race for the next version.
 const ROTATE_ATTEMPTS: usize = 8;
@@ -50,6 +50,7 @@ fn create_group_impl(
         if !inserted {
             return Err(VaultError::GroupExists(name.to_string()));
         }
+        coherence::note_write();
         Ok(())
     })
 }
@@ -66,7 +67,7 @@ fn insert_new_group(
 ) -> VaultResult<bool> {
     let (kms_name, kms_kind) = catalog::resolve_kms_key(client, kms_key)?;
     let id = secret_vault_core::keys::random_uuid_v4();
-    let (key_id, wrapped) = kms::new_ring_key(&id, &kms_name, &kms_kind, settings.key_bytes as usize, 1)?;
+    let (key_id, wrapped) = kms::new_ring_key(&id, &kms_name, &kms_kind, settings.purpose, settings.key_bytes as usize, 1)?;
     let now = catalog::clock();
     let group = NewGroup {
         id,
@@ -97,6 +98,7 @@ pub(crate) fn create_group_in(client: &mut SpiClient<'_>, name: &str, purpose: P
     };
     let delay = Interval::new(0, 0, 30_000_000).map_err(|e| VaultError::Internal(format!("interval: {e:?}")))?;
     insert_new_group(client, name, &settings, None, delay, None)?;
+    coherence::note_write();
     Ok(())
 }
 
@@ -131,12 +133,18 @@ pub(crate) fn rotate_impl(
             .last_version
             .checked_add(1)
             .ok_or_else(|| VaultError::VersionOverflow(group.name.clone()))?;
-        let (key_id, wrapped) =
-            kms::new_ring_key(&group.id, &group.kms_key, &group.kms_provider, group.key_bytes as usize, next)?;
+        let (key_id, wrapped) = kms::new_ring_key(
+            &group.id,
+            &group.kms_key,
+            &group.kms_provider,
+            group.purpose,
+            group.key_bytes as usize,
+            next,
+        )?;
         let now = catalog::clock();
         if catalog::claim_version(client, &group.id, next, now, due)? {
             catalog::insert_key(client, &group.id, next, &key_id, &wrapped, now, false)?;
-            coherence::note_change(group_name, true);
+            coherence::note_change(group_name, Some(identity::current()?.cache_key(group.id)), true);
             return Ok(Some(next));
         }
         if due.is_some() {
@@ -167,7 +175,7 @@ fn retire(group_name: &str, below_version: i32) {
         let current = catalog::current_key_row(client, &group, catalog::clock())?;
         policy::check_retire(below_version, Some(current.version as u32))?;
         catalog::retire_below(client, &group.id, below_version, catalog::clock())?;
-        coherence::note_change(group_name, false);
+        coherence::note_change(group_name, Some(identity::current()?.cache_key(group.id)), false);
         Ok(())
     })
     .or_raise()
@@ -180,11 +188,16 @@ fn drop_group(group_name: &str) {
     require_writable("drop a key group").or_raise();
     Spi::connect_mut(|client| -> VaultResult<()> {
         let group = catalog::group(client, group_name)?;
+        // Wait for every transaction sealing a secret under this group (they
+        // hold KEY SHARE on its row) and for a racing drop; then look again.
+        if !catalog::lock_group_for_drop(client, &group.id)? {
+            return Err(VaultError::GroupNotFound(group_name.to_string()));
+        }
         if crate::secret_store::group_in_use(client, &group.id)? {
             return Err(VaultError::GroupInUse(group_name.to_string()));
         }
-        if catalog::delete_group(client, group_name)? {
-            coherence::note_change(group_name, false);
+        if catalog::delete_group(client, &group.id)? {
+            coherence::note_change(group_name, Some(identity::current()?.cache_key(group.id)), false);
             Ok(())
         } else {
             Err(VaultError::GroupNotFound(group_name.to_string()))

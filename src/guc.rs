@@ -23,7 +23,8 @@ pub static CIPHER: GucSetting<Cipher> = GucSetting::<Cipher>::new(Cipher::Aes256
 pub static CACHE_GROUPS: GucSetting<i32> = GucSetting::<i32>::new(128);
 /// Newest versions held per cached group (server start only).
 pub static CACHE_VERSIONS: GucSetting<i32> = GucSetting::<i32>::new(16);
-/// Database the background worker connects to.
+/// Ignored since 0.2.0 (a worker runs in every database with the extension);
+/// still defined so that configurations naming it keep loading.
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Whether the worker rotates due groups (off on a logical-replication subscriber).
 pub static ROTATION: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -58,8 +59,8 @@ pub fn init() {
     );
     GucRegistry::define_string_guc(
         c"secret_vault.database",
-        c"Database the secret_vault background worker connects to.",
-        c"The extension must be created in this database for the worker to rotate and warm keys.",
+        c"Ignored: secret_vault runs a worker in every database where it is installed.",
+        c"Kept so that configurations from 0.1.0 that set it still load.",
         &DATABASE,
         GucContext::Postmaster,
         GucFlags::default(),
@@ -137,8 +138,4 @@ pub fn cipher() -> secret_vault_core::aead::Algorithm {
         Cipher::Aes256GcmSiv => Algorithm::Aes256GcmSiv,
         Cipher::XChaCha20Poly1305 => Algorithm::XChaCha20Poly1305,
     }
-}
-
-pub fn database() -> String {
-    DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "postgres".into())
 }

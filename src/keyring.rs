@@ -1,10 +1,13 @@
 //! Where SQL functions get unwrapped ring keys.
 //!
-//! Hot path: the shared-memory cache, under a shared lock held only while a
-//! key is copied out; no SPI, no KMS, no allocation. Miss path: read the
-//! group's newest versions from the tables (as the extension owner, through
-//! a fresh snapshot), unwrap them through the KMS, store them in the cache
-//! when that is safe, and answer from what was read.
+//! Hot path: this backend's map from group name to group id (resolved
+//! against this database's catalog, valid while the shared epoch is
+//! unchanged), then the shared-memory cache slot of (database, extension,
+//! group id), under a shared lock held only while a key is copied out; no
+//! SPI, no KMS. Miss path: read the group's newest versions from the tables
+//! (as the vault owner, through a fresh snapshot), unwrap them through the
+//! KMS, store them in the cache when that is safe, and answer from what was
+//! read.
 
 use pgrx::prelude::*;
 use secret_vault_core::aad::GroupId;
@@ -12,9 +15,54 @@ use secret_vault_core::cache::{Fill, FillEntry, KeyBuf, Probe, SlotInfo};
 use secret_vault_core::policy::{self, Purpose, VersionFacts};
 use secret_vault_core::KeyBytes;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use secret_vault_core::cache::SlotKey;
+
 use crate::catalog::{self, GroupRow, KeyRow};
 use crate::error::{VaultError, VaultResult};
+use crate::identity::{self, Identity};
 use crate::{coherence, guc, kms, shmem};
+
+/// Bound on the name map (entries); past it, the map starts over.
+const NAMES_MAX: usize = 10_000;
+
+/// This backend's names, valid for one shared epoch and one identity.
+struct Names {
+    epoch: u64,
+    generation: u64,
+    map: HashMap<String, GroupId>,
+}
+
+thread_local! {
+    static NAMES: RefCell<Names> = RefCell::new(Names { epoch: u64::MAX, generation: u64::MAX, map: HashMap::new() });
+}
+
+/// The group id `name` resolved to, if this backend knows it for `epoch`.
+fn named(name: &str, epoch: u64) -> Option<GroupId> {
+    NAMES.with(|n| {
+        let n = n.borrow();
+        if n.epoch != epoch || n.generation != identity::generation() {
+            return None;
+        }
+        n.map.get(name).copied()
+    })
+}
+
+/// Remembers `name` → `id`, as read through a snapshot taken after `epoch`.
+fn remember(name: &str, id: GroupId, epoch: u64) {
+    NAMES.with(|n| {
+        let mut n = n.borrow_mut();
+        let generation = identity::generation();
+        if n.epoch != epoch || n.generation != generation || n.map.len() >= NAMES_MAX {
+            n.map.clear();
+            n.epoch = epoch;
+            n.generation = generation;
+        }
+        n.map.insert(name.to_string(), id);
+    })
+}
 
 #[derive(Clone, Copy)]
 pub enum Want {
@@ -47,9 +95,13 @@ fn wrong_purpose(name: &str, actual: Purpose, operation: &'static str) -> VaultE
 /// The key `want`ed from group `name`, which must have purpose `purpose`,
 /// copied into `out` (the caller's buffer: no copy of key bytes is moved around).
 pub fn resolve(name: &str, purpose: Purpose, operation: &'static str, want: Want, out: &mut KeyBuf) -> VaultResult<Resolved> {
+    let ident = identity::current()?;
     let dirty = coherence::is_dirty(name);
     if !dirty {
-        if let Some((info, probe)) = probe_cache(name, want, out) {
+        let hit = shmem::epoch()
+            .and_then(|e| named(name, e))
+            .and_then(|id| probe_cache(&ident.cache_key(id), want, out));
+        if let Some((info, probe)) = hit {
             shmem::count_lookup(true);
             if info.purpose != purpose_code(purpose) {
                 return Err(wrong_purpose(name, purpose_of(info.purpose), operation));
@@ -62,13 +114,13 @@ pub fn resolve(name: &str, purpose: Purpose, operation: &'static str, want: Want
         }
     }
     shmem::count_lookup(false);
-    load(name, purpose, operation, want, !dirty, out)
+    load(&ident, name, purpose, operation, want, !dirty, out)
 }
 
 /// The current key of an 'encrypt' group if the shared cache holds it; for
 /// the worker, which must not reach the KMS inside a transaction.
-pub fn cached_current(name: &str, out: &mut KeyBuf) -> Option<Resolved> {
-    match probe_cache(name, Want::Current, out)? {
+pub fn cached_current(key: &SlotKey, out: &mut KeyBuf) -> Option<Resolved> {
+    match probe_cache(key, Want::Current, out)? {
         (info, Probe::Hit(version)) if info.purpose == purpose_code(Purpose::Encrypt) => {
             Some(Resolved { group_id: info.group_id, version })
         }
@@ -84,14 +136,14 @@ fn retired(name: &str, want: Want) -> VaultError {
     VaultError::VersionRetired { group: name.to_string(), version }
 }
 
-fn probe_cache(name: &str, want: Want, out: &mut KeyBuf) -> Option<(SlotInfo, Probe)> {
+fn probe_cache(key: &SlotKey, want: Want, out: &mut KeyBuf) -> Option<(SlotInfo, Probe)> {
     // Only `current` depends on the time; reading the clock costs a syscall.
     let now = match want {
         Want::Current => catalog::now_micros(),
         Want::Version(_) => 0,
     };
     shmem::with_shared(|c| {
-        let slot = c.find(name)?;
+        let slot = c.find(key)?;
         let info = c.info(slot);
         let probe = match want {
             Want::Current => c.current(slot, now, out),
@@ -120,7 +172,15 @@ pub struct Window {
 /// Reads group `name` and its newest versions (caller provides the SPI
 /// connection, snapshot and identity).
 pub fn read_window(c: &pgrx::spi::SpiClient<'_>, name: &str) -> VaultResult<Window> {
-    let group = catalog::group(c, name)?;
+    window_of(c, catalog::group(c, name)?)
+}
+
+/// Reads the group with id `id` and its newest versions; None if it is gone.
+pub fn read_window_by_id(c: &pgrx::spi::SpiClient<'_>, id: &GroupId) -> VaultResult<Option<Window>> {
+    catalog::load_group_by_id(c, id)?.map(|g| window_of(c, g)).transpose()
+}
+
+fn window_of(c: &pgrx::spi::SpiClient<'_>, group: GroupRow) -> VaultResult<Window> {
     let limit = (guc::CACHE_VERSIONS.get().max(1) as i64).min(group.ring_size as i64);
     let rows = catalog::newest_keys(c, &group.id, limit)?;
     // The window reaches version 1 when fewer rows than the limit came back.
@@ -138,7 +198,7 @@ pub fn unwrap_window(w: &Window) -> VaultResult<Vec<Option<KeyBytes>>> {
 
 /// Stores a window in the shared cache unless an invalidation happened
 /// since `epoch` was read.
-pub fn store(epoch: u64, w: &Window, keys: &[Option<KeyBytes>]) {
+pub fn store(ident: &Identity, epoch: u64, w: &Window, keys: &[Option<KeyBytes>]) {
     let entries: Vec<FillEntry<'_>> = w
         .rows
         .iter()
@@ -156,10 +216,12 @@ pub fn store(epoch: u64, w: &Window, keys: &[Option<KeyBytes>]) {
         key_bytes: w.group.key_bytes as u32,
         change_seq: w.group.change_seq,
     };
-    shmem::with_exclusive(|c| c.fill(epoch, &Fill { name: &w.group.name, info, window_low: w.low, entries: &entries }));
+    let key = ident.cache_key(w.group.id);
+    shmem::with_exclusive(|c| c.fill(epoch, &Fill { key, info, window_low: w.low, entries: &entries }));
 }
 
 fn load(
+    ident: &Identity,
     name: &str,
     purpose: Purpose,
     operation: &'static str,
@@ -170,7 +232,7 @@ fn load(
     // Read the epoch before the snapshot: an invalidation after this point
     // makes the store below a no-op, so nothing older than it is cached.
     let epoch = shmem::epoch();
-    let window = catalog::as_owner(|| {
+    let window = identity::as_owner(|_| {
         Spi::connect(|c| {
             let w = read_window(c, name)?;
             if w.group.purpose != purpose {
@@ -181,7 +243,8 @@ fn load(
     })?;
     let keys = unwrap_window(&window)?;
     if let (true, Some(epoch)) = (cacheable && catalog::may_fill_shared_cache(), epoch) {
-        store(epoch, &window, &keys);
+        store(ident, epoch, &window, &keys);
+        remember(name, window.group.id, epoch);
     }
     let Window { group, rows, low: window_low } = window;
 
@@ -200,7 +263,7 @@ fn load(
                 None if window_low <= 1 => Err(VaultError::NoCurrentVersion(name.to_string())),
                 // Every cached version is pending or retired: the current one is older.
                 None => {
-                    let row = catalog::as_owner(|| {
+                    let row = identity::as_owner(|_| {
                         Spi::connect(|c| catalog::current_key_row(c, &group, catalog::clock()))
                     })?;
                     Ok(to_resolved(&group, row.version, &kms::unwrap(&group, &row)?, out))
@@ -220,7 +283,7 @@ fn load(
                 };
             }
             // Older than the hot window: served from storage, not cached.
-            let row = catalog::as_owner(|| Spi::connect(|c| catalog::key_row_at(c, &group.id, v)))?
+            let row = identity::as_owner(|_| Spi::connect(|c| catalog::key_row_at(c, &group.id, v)))?
                 .ok_or_else(not_found)?;
             if row.retired {
                 return Err(retired(name, want));

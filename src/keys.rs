@@ -9,7 +9,7 @@
 //! straight into the result without an intermediate heap copy.
 
 use pgrx::prelude::*;
-use secret_vault_core::format;
+use secret_vault_core::format::{self, Binding};
 use secret_vault_core::policy::Purpose;
 
 use crate::error::{OrRaise, VaultError};
@@ -106,7 +106,7 @@ pub unsafe extern "C-unwind" fn vault_encrypt(fcinfo: pg_sys::FunctionCallInfo) 
     let context: &[u8] = unsafe { arg(fcinfo, 2) };
     let mut key = KeyBuf::new();
     let r = keyring::resolve(name, Purpose::Encrypt, "vault.encrypt", Want::Current, &mut key).or_raise();
-    let ct = format::encrypt(guc::cipher(), key.as_slice(), r.version as u32, &r.group_id, context, plaintext)
+    let ct = format::encrypt(guc::cipher(), key.as_slice(), r.version as u32, &r.group_id, Binding::Data(context), plaintext)
         .map_err(VaultError::from)
         .or_raise();
     bytea(&ct)
@@ -120,6 +120,10 @@ pub unsafe extern "C-unwind" fn vault_decrypt(fcinfo: pg_sys::FunctionCallInfo) 
     let ciphertext: &[u8] = unsafe { arg(fcinfo, 1) };
     let context: &[u8] = unsafe { arg(fcinfo, 2) };
     let parsed = format::parse(ciphertext).map_err(VaultError::from).or_raise();
+    if parsed.format != format::FORMAT_V1 {
+        // A secret's stored value: its domain is closed to vault.decrypt.
+        VaultError::from(secret_vault_core::CryptoError::WrongDomain).raise();
+    }
     let mut key = KeyBuf::new();
     let r = keyring::resolve(name, Purpose::Encrypt, "vault.decrypt", Want::Version(parsed.key_version as i64), &mut key)
         .or_raise();
@@ -129,7 +133,7 @@ pub unsafe extern "C-unwind" fn vault_decrypt(fcinfo: pg_sys::FunctionCallInfo) 
         let result = pg_sys::palloc(pg_sys::VARHDRSZ + n) as *mut pg_sys::varlena;
         pgrx::varlena::set_varsize_4b(result, (pg_sys::VARHDRSZ + n) as i32);
         let data = std::slice::from_raw_parts_mut(pgrx::varlena::vardata_4b(result) as *mut u8, n);
-        if let Err(e) = format::decrypt_into(&parsed, key.as_slice(), &r.group_id, context, data) {
+        if let Err(e) = format::decrypt_into(&parsed, key.as_slice(), &r.group_id, Binding::Data(context), data) {
             pg_sys::pfree(result as *mut std::ffi::c_void);
             VaultError::from(e).raise();
         }

@@ -54,24 +54,35 @@ fn counted() {
     });
 }
 
-/// Unwraps a stored ring key of `group`.
+/// Unwraps a stored ring key of `group`. Rows written since 0.2.0 are bound
+/// to the group's purpose and key size as the table states them now, so an
+/// edited `purpose` or `key_bytes` makes the key fail to unwrap: unusable,
+/// never handed out under the other purpose.
 pub fn unwrap(group: &GroupRow, row: &KeyRow) -> VaultResult<KeyBytes> {
     let p = provider(&group.kms_key, &group.kms_provider)?;
     counted();
-    Ok(p.unwrap(&row.kms_key_id, &row.wrapped, &aad::ring_key(&group.id, row.version as u32))?)
+    let aad = aad::ring_key_bound(row.binding, &group.id, row.version as u32, group.purpose.as_str(), group.key_bytes as u32);
+    let key = p.unwrap(&row.kms_key_id, &row.wrapped, &aad)?;
+    if key.len() != group.key_bytes as usize {
+        return Err(VaultError::Kms(KmsError::WrappedKeyCorrupt { key_id: row.kms_key_id.clone() }));
+    }
+    Ok(key)
 }
 
-/// A new ring key for `version` of a group: (wrapping key id, wrapped bytes).
+/// A new ring key for `version` of a group: (wrapping key id, wrapped bytes),
+/// bound to the group, version, purpose and key size.
 pub fn new_ring_key(
     group_id: &aad::GroupId,
     kms_name: &str,
     kms_kind: &str,
+    purpose: secret_vault_core::policy::Purpose,
     key_bytes: usize,
     version: i32,
 ) -> VaultResult<(String, Vec<u8>)> {
     let p = provider(kms_name, kms_kind)?;
     counted();
-    let (_key, wrapped) = p.generate(key_bytes, &aad::ring_key(group_id, version as u32))?;
+    let aad = aad::ring_key_bound(aad::RingKeyBinding::V2, group_id, version as u32, purpose.as_str(), key_bytes as u32);
+    let (_key, wrapped) = p.generate(key_bytes, &aad)?;
     Ok((p.key_id().to_string(), wrapped))
 }
 

@@ -9,6 +9,8 @@ mod coherence;
 mod error;
 mod groups;
 mod guc;
+mod hooks;
+mod identity;
 mod keyring;
 mod keys;
 mod kms;
@@ -40,6 +42,8 @@ pub extern "C-unwind" fn _PG_init() {
     }
     guc::init();
     shmem::init();
+    identity::init();
+    hooks::init();
     worker::register();
     kms::ensure_default_local_key();
 }

@@ -1,6 +1,9 @@
 //! SQL against the secret tables. Statements are prepared once per backend
 //! and kept (SPI_keepplan): creating or reading a secret then costs no parse
-//! or plan. Every name and operator is schema-qualified (see catalog.rs).
+//! or plan. Every name and operator is schema-qualified (see catalog.rs), and
+//! the schema is the one the extension lives in now: kept plans are dropped
+//! whenever this backend's identity is resolved again (see identity.rs), so
+//! no plan is ever re-parsed against a schema that merely has the old name.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,7 +21,7 @@ use crate::error::{VaultError, VaultResult};
 type Id = [u8; 16];
 
 thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<(u64, HashMap<&'static str, Rc<OwnedPreparedStatement>>)> = RefCell::new((u64::MAX, HashMap::new()));
 }
 
 fn oid(o: pg_sys::Oid) -> PgOid {
@@ -26,13 +29,23 @@ fn oid(o: pg_sys::Oid) -> PgOid {
 }
 
 fn plan(client: &SpiClient<'_>, sql: &'static str, types: &[pg_sys::Oid], mutating: bool) -> VaultResult<Rc<OwnedPreparedStatement>> {
-    if let Some(p) = PLANS.with(|m| m.borrow().get(sql).cloned()) {
+    let ident = crate::identity::current()?;
+    let generation = crate::identity::generation();
+    if let Some(p) = PLANS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.0 != generation {
+            m.1.clear();
+            m.0 = generation;
+        }
+        m.1.get(sql).cloned()
+    }) {
         return Ok(p);
     }
     let types: Vec<PgOid> = types.iter().copied().map(oid).collect();
-    let stmt = if mutating { client.prepare_mut(sql, &types)? } else { client.prepare(sql, &types)? };
+    let text = ident.sql(sql);
+    let stmt = if mutating { client.prepare_mut(&*text, &types)? } else { client.prepare(&*text, &types)? };
     let kept = Rc::new(stmt.keep());
-    PLANS.with(|m| m.borrow_mut().insert(sql, kept.clone()));
+    PLANS.with(|m| m.borrow_mut().1.insert(sql, kept.clone()));
     Ok(kept)
 }
 
@@ -68,6 +81,7 @@ pub struct SecretRow {
     pub current_version: i32,
     pub generator: Option<String>,
     pub current_ciphertext: Vec<u8>,
+    pub group_id: Id,
 }
 
 impl SecretRow {
@@ -93,11 +107,13 @@ fn secret_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<SecretRow> {
         current_version: column(row.get(5)?, "current_version")?,
         generator: row.get(6)?,
         current_ciphertext: column(row.get(7)?, "current_ciphertext")?,
+        group_id: *column::<Uuid>(row.get(8)?, "key_group_id")?.as_bytes(),
     })
 }
 
 pub fn load(client: &SpiClient<'_>, name: &str) -> VaultResult<Option<SecretRow>> {
-    const SQL: &str = "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator, s.current_ciphertext
+    const SQL: &str = "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator, s.current_ciphertext,
+                              s.key_group_id
                          FROM vault.secret_store s
                          JOIN vault.key_groups g ON g.id OPERATOR(pg_catalog.=) s.key_group_id
                         WHERE s.name OPERATOR(pg_catalog.=) $1";
@@ -242,13 +258,13 @@ pub fn claim_next(
     Ok(true)
 }
 
-/// Deletes a secret and every ciphertext of it.
+/// Deletes a secret; its superseded values go with it (ON DELETE CASCADE,
+/// whose check runs after a rotation racing us has committed, so a value it
+/// moved to secret_values is deleted too, never orphaned).
 pub fn delete(client: &mut SpiClient<'_>, name: &str) -> VaultResult<bool> {
     let rows = update(
         client,
-        "WITH s AS (DELETE FROM vault.secret_store WHERE name OPERATOR(pg_catalog.=) $1 RETURNING id),
-              v AS (DELETE FROM vault.secret_values WHERE secret_id OPERATOR(pg_catalog.=) ANY (SELECT id FROM s))
-         SELECT 1 FROM s",
+        "DELETE FROM vault.secret_store WHERE name OPERATOR(pg_catalog.=) $1 RETURNING 1",
         &[TEXT],
         &[name.into()],
     )?;
@@ -259,7 +275,8 @@ pub fn delete(client: &mut SpiClient<'_>, name: &str) -> VaultResult<bool> {
 pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> VaultResult<Vec<(SecretRow, TimestampWithTimeZone)>> {
     let rows = select(
         client,
-        "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator, s.current_ciphertext, s.next_rotation_at
+        "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator, s.current_ciphertext, s.key_group_id,
+                s.next_rotation_at
            FROM vault.secret_store s
            JOIN vault.key_groups g ON g.id OPERATOR(pg_catalog.=) s.key_group_id
           WHERE s.next_rotation_at OPERATOR(pg_catalog.<=) $1
@@ -270,7 +287,7 @@ pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> Va
     )?;
     rows.into_iter()
         .map(|r| {
-            let due: TimestampWithTimeZone = column(r.get(8)?, "next_rotation_at")?;
+            let due: TimestampWithTimeZone = column(r.get(9)?, "next_rotation_at")?;
             Ok((secret_row(r)?, due))
         })
         .collect()
@@ -287,16 +304,20 @@ pub fn group_in_use(client: &SpiClient<'_>, group_id: &Id) -> VaultResult<bool> 
     Ok(!rows.is_empty())
 }
 
-/// A cheap fingerprint of all secrets, for the worker to notice changes it
-/// did not make (replay on a standby, a subscriber's apply, a restore).
-pub fn fingerprint(client: &SpiClient<'_>) -> VaultResult<(i64, i64)> {
+/// A fingerprint of all secrets, for the worker to notice changes it did
+/// not make (replay on a standby, a subscriber's apply, a restore). It covers
+/// each secret's id, so a secret deleted and created again under the same
+/// name (a new id, the same version) changes it too.
+pub fn fingerprint(client: &SpiClient<'_>) -> VaultResult<(i64, i64, i64)> {
     let rows = select(
         client,
-        "SELECT pg_catalog.count(*), COALESCE(pg_catalog.sum(change_seq), 0)::pg_catalog.int8
+        "SELECT pg_catalog.count(*), COALESCE(pg_catalog.sum(change_seq), 0)::pg_catalog.int8,
+                COALESCE(pg_catalog.sum(pg_catalog.hashtextextended(id::pg_catalog.text, current_version)
+                                        OPERATOR(pg_catalog.%) 1000000007), 0)::pg_catalog.int8
            FROM vault.secret_store",
         &[],
         &[],
     )?;
     let r = rows.first();
-    Ok((column(r.get(1)?, "count")?, column(r.get(2)?, "sum")?))
+    Ok((column(r.get(1)?, "count")?, column(r.get(2)?, "sum")?, column(r.get(3)?, "ids")?))
 }

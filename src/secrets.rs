@@ -16,14 +16,15 @@ use pgrx::Uuid;
 use secret_vault_core::cache::KeyBuf;
 use secret_vault_core::policy::{self, Purpose, Span};
 use secret_vault_core::secret::{self, Generator};
-use secret_vault_core::{format, PolicyError};
+use secret_vault_core::format::{self, Binding};
+use secret_vault_core::PolicyError;
 use zeroize::Zeroizing;
 
 use crate::catalog;
 use crate::error::{require_writable, required, OrRaise, VaultError, VaultResult};
 use crate::keyring::{self, Want};
 use crate::secret_store::{self, NewSecret, SecretRow, ValueRow};
-use crate::{coherence, guc, shmem};
+use crate::{coherence, guc, identity, shmem};
 
 /// Name of the encrypt group used when `key_group` is NULL; made on first use.
 pub const DEFAULT_GROUP: &str = "vault/secrets";
@@ -38,6 +39,7 @@ pub(crate) fn dirty_key(name: &str) -> String {
 #[derive(Clone)]
 struct Cached {
     epoch: u64,
+    generation: u64,
     secret: SecretRow,
     values: Vec<ValueRow>,
 }
@@ -52,11 +54,12 @@ fn live(name: &str) -> VaultResult<(SecretRow, Vec<ValueRow>)> {
     let dirty = coherence::is_dirty(&dirty_key(name));
     let epoch = shmem::epoch();
     if let (false, Some(e)) = (dirty, epoch) {
-        if let Some(c) = LOCAL.with(|l| l.borrow().get(name).filter(|c| c.epoch == e).cloned()) {
+        let generation = identity::generation();
+        if let Some(c) = LOCAL.with(|l| l.borrow().get(name).filter(|c| c.epoch == e && c.generation == generation).cloned()) {
             return Ok((c.secret, c.values));
         }
     }
-    let (s, values) = catalog::as_owner(|| {
+    let (s, values) = identity::as_owner(|_| {
         Spi::connect(|c| {
             let s = secret_store::get(c, name)?;
             let values = secret_store::live_values(c, &s, catalog::clock())?;
@@ -69,7 +72,10 @@ fn live(name: &str) -> VaultResult<(SecretRow, Vec<ValueRow>)> {
             if l.len() >= LOCAL_CACHE_MAX {
                 l.clear();
             }
-            l.insert(name.to_string(), Cached { epoch: e, secret: s.clone(), values: values.clone() });
+            l.insert(
+                name.to_string(),
+                Cached { epoch: e, generation: identity::generation(), secret: s.clone(), values: values.clone() },
+            );
         });
     }
     Ok((s, values))
@@ -79,7 +85,7 @@ fn open(group: &str, id: &[u8; 16], version: i32, ciphertext: &[u8], op: &'stati
     let parsed = format::parse(ciphertext)?;
     let mut key = KeyBuf::new();
     let r = keyring::resolve(group, Purpose::Encrypt, op, Want::Version(parsed.key_version as i64), &mut key)?;
-    Ok(format::decrypt(&parsed, key.as_slice(), &r.group_id, &secret::value_context(id, version as u32))?)
+    Ok(format::decrypt(&parsed, key.as_slice(), &r.group_id, Binding::Secret { id, version: version as u32 })?)
 }
 
 fn seal(group: &str, id: &[u8; 16], version: i32, value: &[u8], op: &'static str) -> VaultResult<Vec<u8>> {
@@ -95,7 +101,7 @@ pub(crate) fn seal_with(key: &KeyBuf, r: keyring::Resolved, id: &[u8; 16], versi
         key.as_slice(),
         r.version as u32,
         &r.group_id,
-        &secret::value_context(id, version as u32),
+        Binding::Secret { id, version: version as u32 },
         value,
     )?)
 }
@@ -147,6 +153,11 @@ fn create(
     Spi::connect_mut(|client| {
         let mut key = KeyBuf::new();
         let sealing = seal_key(client, key_group, &mut key)?;
+        // Hold the group against a concurrent drop_group until we commit (it
+        // waits, then sees this secret); a group dropped meanwhile is gone.
+        if !catalog::lock_group_key_share(client, &sealing.group_id)? {
+            return Err(VaultError::GroupNotFound(key_group.unwrap_or(DEFAULT_GROUP).to_string()));
+        }
         let id = secret_vault_core::keys::random_uuid_v4();
         let now = catalog::clock();
         let ct = seal_with(&key, sealing, &id, 1, value.as_bytes())?;
@@ -164,6 +175,7 @@ fn create(
         if !secret_store::insert(client, &new, now)? {
             return Err(VaultError::SecretExists(name.to_string()));
         }
+        coherence::note_write();
         Ok(Uuid::from_bytes(id))
     })
 }
@@ -271,7 +283,7 @@ fn next_version(
         let ct = seal(&s.group, &s.id, next, value.as_bytes(), op)?;
         let now = catalog::clock();
         if secret_store::claim_next(client, name, next, &ct, now, None)? {
-            coherence::note_change(&dirty_key(name), false);
+            coherence::note_change(&dirty_key(name), None, false);
             return Ok(next);
         }
     }
@@ -312,7 +324,7 @@ fn delete_secret(name: &str) {
             if !secret_store::delete(c, name)? {
                 return Err(VaultError::SecretNotFound(name.to_string()));
             }
-            coherence::note_change(&dirty_key(name), false);
+            coherence::note_change(&dirty_key(name), None, false);
             Ok(())
         })
     })()
@@ -351,8 +363,21 @@ fn secret_versions(
 
 /// Decrypts one stored value for `vault.decrypted_secrets`. It needs the
 /// ciphertext, which only the view (as its owner) can read; the AAD binds it
-/// to its secret and version.
+/// to its secret and version. EXECUTE is granted to no role by default, and
+/// even with it the caller must hold SELECT on `vault.decrypted_secrets`:
+/// it opens nothing for anyone who may not list every value anyway.
 #[pg_extern(stable, strict, parallel_safe, name = "_open_secret")]
 fn open_secret(key_group: &str, secret_id: Uuid, version: i32, ciphertext: &[u8]) -> String {
-    (|| utf8(open(key_group, secret_id.as_bytes(), version, ciphertext, "vault.decrypted_secrets")?))().or_raise()
+    (|| {
+        let view = identity::current()?.decrypted_secrets_view;
+        // SAFETY: an ACL check on a relation by OID; no state is changed.
+        let allowed = view != pg_sys::InvalidOid
+            && unsafe { pg_sys::pg_class_aclcheck(view, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode) }
+                == pg_sys::AclResult::ACLCHECK_OK;
+        if !allowed {
+            return Err(VaultError::PermissionDenied("view vault.decrypted_secrets"));
+        }
+        utf8(open(key_group, secret_id.as_bytes(), version, ciphertext, "vault.decrypted_secrets")?)
+    })()
+    .or_raise()
 }

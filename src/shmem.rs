@@ -75,8 +75,10 @@ unsafe extern "C-unwind" fn shmem_request() {
         let (slots, versions) = layout();
         // One extra page so the region can start on a page boundary.
         pg_sys::RequestAddinShmemSpace(region_len(slots, versions) + page_size());
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+        // Lock 0 guards the ring cache, lock 1 the worker registry.
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 2);
         pg_sys::RequestAddinShmemSpace(per_backend_len() * std::mem::size_of::<BackendCounters>());
+        pg_sys::RequestAddinShmemSpace(crate::worker::registry::size());
     }
 }
 
@@ -110,6 +112,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         }
         PER_BACKEND = pb;
         PER_BACKEND_LEN = n;
+        crate::worker::registry::startup(&raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()).add(1)).lock);
         pg_sys::LWLockRelease(addin_shmem_init_lock());
     }
 }

@@ -7,6 +7,7 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
 use crate::shmem;
+use crate::worker::registry;
 
 
 fn ts(micros: i64) -> Option<TimestampWithTimeZone> {
@@ -34,16 +35,15 @@ fn stats() -> TableIterator<'static, (
     name!(worker_last_error, Option<String>),
     name!(worker_last_error_at, Option<TimestampWithTimeZone>),
 )> {
-    let (cached, slots, last_error) = shmem::with_shared(|c| {
-        let e = c.last_error();
-        (c.cached_groups().len() as i32, c.slots() as i32, (!e.is_empty()).then_some(e))
-    })
-    .unwrap_or((0, 0, None));
+    let (cached, slots) =
+        shmem::with_shared(|c| (c.cached_groups().len() as i32, c.slots() as i32)).unwrap_or((0, 0));
     let (hits, misses) = shmem::lookup_totals();
+    // The worker columns describe this database's worker.
+    let worker = registry::find(unsafe { pg_sys::MyDatabaseId }.to_u32());
     let row = match shmem::counters() {
         Some(c) => {
             let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
-            let pid = c.worker_pid.load(Ordering::Relaxed);
+            let pid = worker.map_or(0, |w| w.pid.load(Ordering::Relaxed));
             (
                 hits as i64,
                 misses as i64,
@@ -54,15 +54,57 @@ fn stats() -> TableIterator<'static, (
                 n(&c.fills),
                 cached,
                 slots,
-                (pid != 0).then_some(pid as i32),
-                n(&c.worker_runs),
-                ts(c.worker_last_run.load(Ordering::Relaxed)),
-                n(&c.worker_errors),
-                last_error,
-                ts(c.worker_last_error_at.load(Ordering::Relaxed)),
+                (pid != 0).then_some(pid),
+                worker.map_or(0, |w| n(&w.runs)),
+                worker.and_then(|w| ts(w.last_run.load(Ordering::Relaxed))),
+                worker.map_or(0, |w| n(&w.errors)),
+                worker.and_then(|w| w.last_error()),
+                worker.and_then(|w| ts(w.last_error_at.load(Ordering::Relaxed))),
             )
         }
         None => (0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, 0, None, None),
     };
     TableIterator::once(row)
+}
+
+/// Every database's worker: its process, state and last error. For
+/// operators (vault_admin); the view `vault.workers` selects from it.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn worker_status() -> TableIterator<'static, (
+    name!(database, String),
+    name!(pid, Option<i32>),
+    name!(state, String),
+    name!(started_at, Option<TimestampWithTimeZone>),
+    name!(last_run, Option<TimestampWithTimeZone>),
+    name!(runs, i64),
+    name!(errors, i64),
+    name!(last_error, Option<String>),
+    name!(last_error_at, Option<TimestampWithTimeZone>),
+)> {
+    let rows: Vec<_> = registry::all()
+        .map(|w| {
+            let db = pg_sys::Oid::from(w.database.load(Ordering::Relaxed));
+            // SAFETY: a syscache lookup; NULL for a database dropped meanwhile.
+            let name = unsafe { pg_sys::get_database_name(db) };
+            let name = if name.is_null() {
+                format!("(oid {})", db.to_u32())
+            } else {
+                unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()
+            };
+            let pid = w.pid.load(Ordering::Relaxed);
+            (
+                name,
+                (pid != 0).then_some(pid),
+                w.state().label().to_string(),
+                ts(w.started_at.load(Ordering::Relaxed)),
+                ts(w.last_run.load(Ordering::Relaxed)),
+                w.runs.load(Ordering::Relaxed) as i64,
+                w.errors.load(Ordering::Relaxed) as i64,
+                w.last_error(),
+                ts(w.last_error_at.load(Ordering::Relaxed)),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
 }

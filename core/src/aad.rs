@@ -10,7 +10,23 @@
 pub type GroupId = [u8; 16];
 
 const DATA_LABEL: &[u8] = b"secret_vault/data/v1";
+const SECRET_LABEL: &[u8] = b"secret_vault/secret-value/v2";
 const RING_KEY_LABEL: &[u8] = b"secret_vault/ring-key/v1";
+const RING_KEY_V2_LABEL: &[u8] = b"secret_vault/ring-key/v2";
+
+/// How 0.1.0 bound a secret value: as the *context* of the data domain,
+/// which `vault.decrypt` also reaches. Kept only to open values written then;
+/// a caller context starting with it is refused (see `format`).
+pub const LEGACY_SECRET_CONTEXT_LABEL: &[u8] = b"secret_vault/secret/v1";
+
+/// The 0.1.0 context of version `version` of secret `id` (legacy values only).
+pub fn legacy_secret_context(id: &[u8; 16], version: u32) -> Vec<u8> {
+    let mut c = Vec::with_capacity(LEGACY_SECRET_CONTEXT_LABEL.len() + 20);
+    c.extend_from_slice(LEGACY_SECRET_CONTEXT_LABEL);
+    c.extend_from_slice(id);
+    c.extend_from_slice(&version.to_be_bytes());
+    c
+}
 
 fn push_field(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&(field.len() as u64).to_be_bytes());
@@ -46,7 +62,63 @@ pub fn with_data<R>(header: &[u8], group: &GroupId, context: &[u8], f: impl FnOn
     f(&buf[..at])
 }
 
-/// AAD for a ring key wrapped by the KMS: the group and the version it is
+/// AAD for a secret's value: its own domain (label), the ciphertext header,
+/// the sealing group, the secret's id and the value's version. No call of
+/// `vault.encrypt`/`vault.decrypt` can produce these bytes.
+pub fn secret_value(header: &[u8], group: &GroupId, secret: &[u8; 16], version: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SECRET_LABEL.len() + header.len() + 80);
+    push_field(&mut out, SECRET_LABEL);
+    push_field(&mut out, header);
+    push_field(&mut out, group);
+    push_field(&mut out, secret);
+    push_field(&mut out, &version.to_be_bytes());
+    out
+}
+
+/// How a stored ring key is bound to its row (`vault.ring_keys.binding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingKeyBinding {
+    /// 0.1.0: group and version only.
+    V1,
+    /// Group, version, purpose and key size: a row whose purpose or size was
+    /// edited no longer unwraps, so an encrypt-only key never becomes exportable.
+    V2,
+}
+
+impl RingKeyBinding {
+    pub fn from_column(v: i16) -> Option<Self> {
+        match v {
+            1 => Some(Self::V1),
+            2 => Some(Self::V2),
+            _ => None,
+        }
+    }
+    pub fn column(self) -> i16 {
+        match self {
+            Self::V1 => 1,
+            Self::V2 => 2,
+        }
+    }
+}
+
+/// AAD for a wrapped ring key under `binding`; `purpose` and `key_bytes`
+/// count only for V2.
+pub fn ring_key_bound(binding: RingKeyBinding, group: &GroupId, version: u32, purpose: &str, key_bytes: u32) -> Vec<u8> {
+    match binding {
+        RingKeyBinding::V1 => ring_key(group, version),
+        RingKeyBinding::V2 => {
+            let mut out = Vec::with_capacity(RING_KEY_V2_LABEL.len() + 80);
+            push_field(&mut out, RING_KEY_V2_LABEL);
+            push_field(&mut out, group);
+            push_field(&mut out, &version.to_be_bytes());
+            push_field(&mut out, purpose.as_bytes());
+            push_field(&mut out, &key_bytes.to_be_bytes());
+            out
+        }
+    }
+}
+
+/// AAD for a ring key wrapped by 0.1.0: the group and the version it is
 /// stored as, so a wrapped key copied to another row fails to unwrap.
 pub fn ring_key(group: &GroupId, version: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(RING_KEY_LABEL.len() + 48);
@@ -75,6 +147,26 @@ mod tests {
             let ctx = vec![0xEE; ctx_len];
             with_data(b"hdr", &g, &ctx, |a| assert_eq!(a, data(b"hdr", &g, &ctx).as_slice()));
         }
+    }
+
+    #[test]
+    fn v2_ring_key_aad_binds_purpose_and_size_and_differs_from_v1() {
+        let g = [3u8; 16];
+        let v2 = |p: &str, n: u32| ring_key_bound(RingKeyBinding::V2, &g, 1, p, n);
+        assert_ne!(v2("encrypt", 32), v2("export", 32));
+        assert_ne!(v2("export", 32), v2("export", 64));
+        assert_ne!(v2("export", 32), ring_key_bound(RingKeyBinding::V1, &g, 1, "export", 32));
+        assert_eq!(ring_key_bound(RingKeyBinding::V1, &g, 1, "x", 1), ring_key(&g, 1));
+    }
+
+    #[test]
+    fn secret_values_have_a_domain_no_data_context_reaches() {
+        let g = [4u8; 16];
+        let id = [5u8; 16];
+        let s = secret_value(b"hdr", &g, &id, 1);
+        assert_ne!(s, data(b"hdr", &g, &legacy_secret_context(&id, 1)));
+        assert_ne!(secret_value(b"hdr", &g, &id, 1), secret_value(b"hdr", &g, &id, 2));
+        assert_ne!(secret_value(b"hdr", &g, &id, 1), secret_value(b"hdr", &g, &[6u8; 16], 1));
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //!
 //! Layout: `[Header][hash of slot 0..n][slot 0][slot 1]...` where a slot is
 //! `[SlotMeta][Entry; versions]`. A zero hash marks an empty slot.
+//!
+//! A slot is addressed by identity, never by a name: the database, the
+//! extension's incarnation (its pg_extension OID) and the group's UUID.
+//! Names are resolved per backend against that database's catalog, so one
+//! database can never be handed another's key, nor a re-created extension
+//! the keys of the one it replaced.
 
 use std::mem::size_of;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -15,8 +21,15 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use zeroize::Zeroize;
 
 pub const MAX_KEY: usize = crate::policy::MAX_EXPORT_KEY_BYTES as usize;
-pub const MAX_NAME: usize = crate::policy::MAX_NAME_LEN;
-const MAGIC: u64 = 0x7365_6372_6574_7631; // "secretv1"
+const MAGIC: u64 = 0x7365_6372_6574_7632; // "secretv2"
+
+/// Who a slot belongs to: a group of one incarnation of the extension in one database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub database: u32,
+    pub extension: u32,
+    pub group: [u8; 16],
+}
 
 /// Counters since server start, shown by `vault.stats()`.
 #[repr(C)]
@@ -52,7 +65,8 @@ struct Header {
 
 #[repr(C)]
 struct SlotMeta {
-    name_len: u32,
+    database: u32,
+    extension: u32,
     purpose: u32,
     key_bytes: u32,
     entries: u32,
@@ -61,7 +75,6 @@ struct SlotMeta {
     change_seq: i64,
     last_used: AtomicU64,
     group_id: [u8; 16],
-    name: [u8; MAX_NAME + 1],
 }
 
 #[repr(C)]
@@ -151,7 +164,7 @@ pub struct FillEntry<'a> {
 
 /// A group's newest versions as loaded from storage.
 pub struct Fill<'a> {
-    pub name: &'a str,
+    pub key: SlotKey,
     pub info: SlotInfo,
     /// Every version from `window_low` to the newest is in `entries`.
     pub window_low: i32,
@@ -164,7 +177,8 @@ pub enum FillOutcome {
     /// An invalidation happened since the caller read the epoch: the loaded
     /// data may predate it, so it was not stored.
     Stale,
-    /// Too large for this cache (name, key or too many versions).
+    /// Too large for this cache (key or too many versions), or a key that
+    /// does not match the group it claims to be.
     Unfit,
 }
 
@@ -179,12 +193,13 @@ pub struct RingCache {
 unsafe impl Send for RingCache {}
 unsafe impl Sync for RingCache {}
 
-pub fn name_hash(name: &str) -> u64 {
-    // FNV-1a: names are chosen by administrators, not attackers, and the
+pub fn key_hash(key: &SlotKey) -> u64 {
+    // FNV-1a over the identity: keys are OIDs and random UUIDs, and the
     // index is scanned linearly anyway; 0 is reserved for "empty".
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        h ^= *b as u64;
+    let bytes = key.database.to_le_bytes().into_iter().chain(key.extension.to_le_bytes()).chain(key.group);
+    for b in bytes {
+        h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     if h == 0 {
@@ -280,15 +295,15 @@ impl RingCache {
         }
     }
 
-    fn slot_name(&self, i: usize) -> &[u8] {
+    fn slot_key(&self, i: usize) -> SlotKey {
         let m = self.meta(i);
-        &m.name[..m.name_len as usize]
+        SlotKey { database: m.database, extension: m.extension, group: m.group_id }
     }
 
-    /// Slot index of `name`, touching it for LRU.
-    pub fn find(&self, name: &str) -> Option<usize> {
-        let h = name_hash(name);
-        let found = (0..self.slots).find(|&i| self.hash_at(i) == h && self.slot_name(i) == name.as_bytes())?;
+    /// Slot index of `key`, touching it for LRU.
+    pub fn find(&self, key: &SlotKey) -> Option<usize> {
+        let h = key_hash(key);
+        let found = (0..self.slots).find(|&i| self.hash_at(i) == h && self.slot_key(i) == *key)?;
         // Stamp "used since the last fill" without writing when the stamp is
         // already there: concurrent readers of a hot group then share the
         // cache line read-only instead of bouncing it on every hit.
@@ -339,10 +354,10 @@ impl RingCache {
     }
 
     /// Every cached group with the change sequence it was loaded at.
-    pub fn cached_groups(&self) -> Vec<(String, i64)> {
+    pub fn cached_groups(&self) -> Vec<(SlotKey, i64)> {
         (0..self.slots)
             .filter(|&i| self.hash_at(i) != 0)
-            .map(|i| (String::from_utf8_lossy(self.slot_name(i)).into_owned(), self.meta(i).change_seq))
+            .map(|i| (self.slot_key(i), self.meta(i).change_seq))
             .collect()
     }
 
@@ -357,8 +372,8 @@ impl RingCache {
             e.activates_at = 0;
         }
         let m = self.meta_mut(i);
-        m.name.zeroize();
-        m.name_len = 0;
+        m.database = 0;
+        m.extension = 0;
         m.entries = 0;
         m.group_id = [0; 16];
     }
@@ -367,18 +382,37 @@ impl RingCache {
         self.header_mut().epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Drops `name` from the cache (wiping its keys) and bumps the epoch so
+    /// Drops `key` from the cache (wiping its keys) and bumps the epoch so
     /// that no load begun before now can store older data.
-    pub fn invalidate(&mut self, name: &str) -> bool {
+    pub fn invalidate(&mut self, key: &SlotKey) -> bool {
         self.bump_epoch();
         self.counters().invalidations.fetch_add(1, Ordering::Relaxed);
-        match self.find(name) {
+        match self.find(key) {
             Some(i) => {
                 self.wipe_slot(i);
                 true
             }
             None => false,
         }
+    }
+
+    /// Wipes every slot of `database` (of one incarnation of the extension,
+    /// or of all), for DROP DATABASE and DROP EXTENSION; bumps the epoch.
+    /// Returns how many slots were wiped.
+    pub fn purge(&mut self, database: u32, extension: Option<u32>) -> usize {
+        self.bump_epoch();
+        self.counters().invalidations.fetch_add(1, Ordering::Relaxed);
+        let doomed: Vec<usize> = (0..self.slots)
+            .filter(|&i| self.hash_at(i) != 0)
+            .filter(|&i| {
+                let k = self.slot_key(i);
+                k.database == database && extension.is_none_or(|e| e == k.extension)
+            })
+            .collect();
+        for &i in &doomed {
+            self.wipe_slot(i);
+        }
+        doomed.len()
     }
 
     /// Bumps the epoch without dropping a slot: every backend-local cache
@@ -394,7 +428,7 @@ impl RingCache {
         if self.epoch() != expected_epoch {
             return FillOutcome::Stale;
         }
-        if fill.name.len() > MAX_NAME
+        if fill.key.group != fill.info.group_id
             || fill.entries.len() > self.versions
             || fill.entries.iter().any(|e| e.key.is_some_and(|k| k.len() > MAX_KEY))
             || self.slots == 0
@@ -402,7 +436,7 @@ impl RingCache {
             return FillOutcome::Unfit;
         }
         let mut evicted = false;
-        let slot = match self.find(fill.name) {
+        let slot = match self.find(&fill.key) {
             Some(i) => i,
             None => match (0..self.slots).find(|&i| self.hash_at(i) == 0) {
                 Some(i) => i,
@@ -433,8 +467,8 @@ impl RingCache {
         // Fills step the clock past every "used" stamp handed out so far.
         let tick = self.header().clock.fetch_add(2, Ordering::Relaxed) + 2;
         let m = self.meta_mut(slot);
-        m.name[..fill.name.len()].copy_from_slice(fill.name.as_bytes());
-        m.name_len = fill.name.len() as u32;
+        m.database = fill.key.database;
+        m.extension = fill.key.extension;
         m.purpose = fill.info.purpose as u32;
         m.key_bytes = fill.info.key_bytes;
         m.group_id = fill.info.group_id;
@@ -443,7 +477,7 @@ impl RingCache {
         m.window_low = fill.window_low;
         m.max_version = fill.entries.iter().map(|e| e.version).max().unwrap_or(0);
         m.last_used.store(tick, Ordering::Relaxed);
-        self.set_hash(slot, name_hash(fill.name));
+        self.set_hash(slot, key_hash(&fill.key));
         self.counters().fills.fetch_add(1, Ordering::Relaxed);
         FillOutcome::Filled { evicted }
     }
@@ -481,24 +515,34 @@ mod tests {
         Region { _mem: mem, cache }
     }
 
+    const DB: u32 = 16384;
+    const EXT: u32 = 24576;
+
+    fn key(id: u8) -> SlotKey {
+        SlotKey { database: DB, extension: EXT, group: [id; 16] }
+    }
+
     fn info(id: u8) -> SlotInfo {
         SlotInfo { group_id: [id; 16], purpose: 1, key_bytes: 32, change_seq: id as i64 }
     }
 
-    fn fill_group(c: &mut RingCache, name: &str, id: u8, keys: &[(i32, i64, bool, [u8; 32])]) -> FillOutcome {
+    fn fill_at(c: &mut RingCache, k: SlotKey, keys: &[(i32, i64, bool, [u8; 32])]) -> FillOutcome {
         let entries: Vec<FillEntry<'_>> = keys
             .iter()
             .map(|(v, at, retired, k)| FillEntry { version: *v, activates_at: *at, retired: *retired, key: Some(&k[..]) })
             .collect();
         let low = keys.iter().map(|k| k.0).min().unwrap_or(1);
         let epoch = c.epoch();
-        c.fill(epoch, &Fill { name, info: info(id), window_low: low, entries: &entries })
+        let info = SlotInfo { group_id: k.group, purpose: 1, key_bytes: 32, change_seq: 1 };
+        c.fill(epoch, &Fill { key: k, info, window_low: low, entries: &entries })
+    }
+
+    fn fill_group(c: &mut RingCache, id: u8, keys: &[(i32, i64, bool, [u8; 32])]) -> FillOutcome {
+        fill_at(c, key(id), keys)
     }
 
     fn region_contains(r: &Region, needle: &[u8]) -> bool {
-        let bytes = unsafe {
-            std::slice::from_raw_parts(r._mem.as_ptr() as *const u8, r._mem.len() * 8)
-        };
+        let bytes = unsafe { std::slice::from_raw_parts(r._mem.as_ptr() as *const u8, r._mem.len() * 8) };
         bytes.windows(needle.len()).any(|w| w == needle)
     }
 
@@ -506,8 +550,8 @@ mod tests {
     fn current_is_newest_active_version_and_pending_ones_wait_for_their_time() {
         let mut r = region(4, 4);
         let c = &mut r.cache;
-        fill_group(c, "g", 1, &[(1, 0, false, [1; 32]), (2, 100, false, [2; 32])]);
-        let slot = c.find("g").unwrap();
+        fill_group(c, 1, &[(1, 0, false, [1; 32]), (2, 100, false, [2; 32])]);
+        let slot = c.find(&key(1)).unwrap();
         let mut out = KeyBuf::new();
         assert_eq!(c.current(slot, 99, &mut out), Probe::Hit(1));
         assert_eq!(out.as_slice(), &[1; 32]);
@@ -524,8 +568,8 @@ mod tests {
             FillEntry { version: 4, activates_at: 0, retired: false, key: Some(&[4u8; 32][..]) },
         ];
         let e = c.epoch();
-        c.fill(e, &Fill { name: "g", info: info(1), window_low: 3, entries: &entries });
-        let s = c.find("g").unwrap();
+        c.fill(e, &Fill { key: key(1), info: info(1), window_low: 3, entries: &entries });
+        let s = c.find(&key(1)).unwrap();
         let mut out = KeyBuf::new();
         assert_eq!(c.at_version(s, 2, &mut out), Probe::Miss);
         assert_eq!(c.at_version(s, 3, &mut out), Probe::Retired);
@@ -536,13 +580,13 @@ mod tests {
     #[test]
     fn full_cache_evicts_the_least_recently_used_group_and_wipes_its_keys() {
         let mut r = region(2, 2);
-        fill_group(&mut r.cache, "a", 1, &[(1, 0, false, [0xA1; 32])]);
-        fill_group(&mut r.cache, "b", 2, &[(1, 0, false, [0xB1; 32])]);
-        // Touch "a" so "b" is the least recently used.
-        assert!(r.cache.find("a").is_some());
-        assert_eq!(fill_group(&mut r.cache, "c", 3, &[(1, 0, false, [0xC1; 32])]), FillOutcome::Filled { evicted: true });
-        assert!(r.cache.find("b").is_none());
-        assert!(r.cache.find("a").is_some() && r.cache.find("c").is_some());
+        fill_group(&mut r.cache, 1, &[(1, 0, false, [0xA1; 32])]);
+        fill_group(&mut r.cache, 2, &[(1, 0, false, [0xB1; 32])]);
+        // Touch 1 so 2 is the least recently used.
+        assert!(r.cache.find(&key(1)).is_some());
+        assert_eq!(fill_group(&mut r.cache, 3, &[(1, 0, false, [0xC1; 32])]), FillOutcome::Filled { evicted: true });
+        assert!(r.cache.find(&key(2)).is_none());
+        assert!(r.cache.find(&key(1)).is_some() && r.cache.find(&key(3)).is_some());
         assert_eq!(r.cache.counters().evictions.load(Ordering::Relaxed), 1);
         assert!(!region_contains(&r, &[0xB1; 32]), "evicted key bytes must be zeroed");
         assert!(region_contains(&r, &[0xA1; 32]));
@@ -551,16 +595,16 @@ mod tests {
     #[test]
     fn invalidation_wipes_the_slot_and_rejects_loads_begun_before_it() {
         let mut r = region(4, 2);
-        fill_group(&mut r.cache, "g", 1, &[(1, 0, false, [0x77; 32])]);
+        fill_group(&mut r.cache, 1, &[(1, 0, false, [0x77; 32])]);
         let before = r.cache.epoch();
-        assert!(r.cache.invalidate("g"));
-        assert!(r.cache.find("g").is_none());
+        assert!(r.cache.invalidate(&key(1)));
+        assert!(r.cache.find(&key(1)).is_none());
         assert!(!region_contains(&r, &[0x77; 32]));
         let k = [0x78u8; 32];
         let entries = [FillEntry { version: 1, activates_at: 0, retired: false, key: Some(&k[..]) }];
-        let fill = Fill { name: "g", info: info(1), window_low: 1, entries: &entries };
+        let fill = Fill { key: key(1), info: info(1), window_low: 1, entries: &entries };
         assert_eq!(r.cache.fill(before, &fill), FillOutcome::Stale);
-        assert!(r.cache.find("g").is_none());
+        assert!(r.cache.find(&key(1)).is_none());
         let now = r.cache.epoch();
         assert_eq!(r.cache.fill(now, &fill), FillOutcome::Filled { evicted: false });
     }
@@ -568,32 +612,61 @@ mod tests {
     #[test]
     fn refill_replaces_the_same_slot_and_keeps_other_groups() {
         let mut r = region(3, 2);
-        fill_group(&mut r.cache, "a", 1, &[(1, 0, false, [1; 32])]);
-        fill_group(&mut r.cache, "b", 2, &[(1, 0, false, [2; 32])]);
-        fill_group(&mut r.cache, "a", 1, &[(1, 0, false, [1; 32]), (2, 0, false, [3; 32])]);
-        let mut names: Vec<_> = r.cache.cached_groups().into_iter().map(|g| g.0).collect();
-        names.sort();
-        assert_eq!(names, vec!["a", "b"]);
-        let s = r.cache.find("a").unwrap();
+        fill_group(&mut r.cache, 1, &[(1, 0, false, [1; 32])]);
+        fill_group(&mut r.cache, 2, &[(1, 0, false, [2; 32])]);
+        fill_group(&mut r.cache, 1, &[(1, 0, false, [1; 32]), (2, 0, false, [3; 32])]);
+        let mut ids: Vec<_> = r.cache.cached_groups().into_iter().map(|g| g.0.group[0]).collect();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
+        let s = r.cache.find(&key(1)).unwrap();
         let mut out = KeyBuf::new();
         assert_eq!(r.cache.current(s, 0, &mut out), Probe::Hit(2));
     }
 
     #[test]
-    fn oversized_fills_are_refused_not_truncated() {
+    fn oversized_or_mislabelled_fills_are_refused_not_truncated() {
         let mut r = region(1, 1);
         let two = [(1, 0, false, [1; 32]), (2, 0, false, [2; 32])];
-        assert_eq!(fill_group(&mut r.cache, "g", 1, &two), FillOutcome::Unfit);
-        let long = "x".repeat(MAX_NAME + 1);
-        assert_eq!(fill_group(&mut r.cache, &long, 1, &two[..1]), FillOutcome::Unfit);
+        assert_eq!(fill_group(&mut r.cache, 1, &two), FillOutcome::Unfit);
+        let entries = [FillEntry { version: 1, activates_at: 0, retired: false, key: Some(&[1u8; 32][..]) }];
+        let e = r.cache.epoch();
+        // The slot key names group 1, the loaded data group 2.
+        assert_eq!(r.cache.fill(e, &Fill { key: key(1), info: info(2), window_low: 1, entries: &entries }), FillOutcome::Unfit);
     }
 
     #[test]
-    fn names_with_equal_hashes_are_told_apart_by_bytes() {
-        let mut r = region(2, 1);
-        fill_group(&mut r.cache, "g", 1, &[(1, 0, false, [1; 32])]);
-        assert!(r.cache.find("h").is_none());
-        assert!(r.cache.find("g").is_some());
+    fn the_same_group_id_in_another_database_or_incarnation_is_another_slot() {
+        let mut r = region(4, 1);
+        let a = key(1);
+        let other_db = SlotKey { database: DB + 1, ..a };
+        let other_ext = SlotKey { extension: EXT + 1, ..a };
+        fill_at(&mut r.cache, a, &[(1, 0, false, [0xAA; 32])]);
+        assert!(r.cache.find(&other_db).is_none(), "another database never sees this slot");
+        assert!(r.cache.find(&other_ext).is_none(), "a re-created extension never sees this slot");
+        fill_at(&mut r.cache, other_db, &[(1, 0, false, [0xBB; 32])]);
+        let mut out = KeyBuf::new();
+        let s = r.cache.find(&a).unwrap();
+        assert_eq!(r.cache.current(s, 0, &mut out), Probe::Hit(1));
+        assert_eq!(out.as_slice(), &[0xAA; 32]);
+    }
+
+    #[test]
+    fn purge_wipes_one_database_or_one_incarnation_and_nothing_else() {
+        let mut r = region(4, 1);
+        let a = key(1);
+        let b = SlotKey { extension: EXT + 1, ..key(2) };
+        let c = SlotKey { database: DB + 1, ..key(3) };
+        fill_at(&mut r.cache, a, &[(1, 0, false, [0xA1; 32])]);
+        fill_at(&mut r.cache, b, &[(1, 0, false, [0xB1; 32])]);
+        fill_at(&mut r.cache, c, &[(1, 0, false, [0xC1; 32])]);
+        let before = r.cache.epoch();
+        assert_eq!(r.cache.purge(DB, Some(EXT)), 1);
+        assert!(r.cache.epoch() > before);
+        assert!(r.cache.find(&a).is_none() && r.cache.find(&b).is_some());
+        assert!(!region_contains(&r, &[0xA1; 32]), "purged key bytes are zeroed");
+        assert_eq!(r.cache.purge(DB, None), 1);
+        assert!(r.cache.find(&b).is_none() && r.cache.find(&c).is_some());
+        assert!(!region_contains(&r, &[0xB1; 32]));
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub enum CryptoError {
     KeyLength { expected: usize, actual: usize },
     #[error("plaintext too large to encrypt")]
     TooLarge,
+    /// A secret's stored value handed to `vault.decrypt`, or the reverse.
+    #[error("ciphertext belongs to another domain: secret values open only through the secret functions")]
+    WrongDomain,
+    /// A caller context that would reach the 0.1.0 secret domain.
+    #[error("context is reserved: it begins with the label of secret values")]
+    ReservedContext,
 }
 
 /// Failures of a KMS provider. Messages name key ids and causes, never key bytes.

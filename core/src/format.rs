@@ -1,8 +1,9 @@
-//! The versioned ciphertext format handed to callers by `vault.encrypt`.
+//! The versioned ciphertext format handed to callers by `vault.encrypt`, and
+//! the one secret values are stored in.
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     format            0x01
+//! 0       1     format            0x01 data (vault.encrypt), 0x02 secret value
 //! 1       1     algorithm         1 = AES-256-GCM-SIV, 2 = XChaCha20-Poly1305
 //! 2       4     key version       big-endian, >= 1
 //! 6       n     nonce             12 or 24 bytes, by algorithm
@@ -19,11 +20,23 @@ use crate::CryptoError;
 use zeroize::Zeroizing;
 
 pub const FORMAT_V1: u8 = 0x01;
+/// A secret's value (0.2.0): its own AAD domain, see `aad::secret_value`.
+pub const FORMAT_SECRET: u8 = 0x02;
 pub const HEADER_LEN: usize = 6;
+
+/// What a ciphertext is bound to besides its group and key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// Caller data: `vault.encrypt`/`vault.decrypt` with the caller's context.
+    Data(&'a [u8]),
+    /// Version `version` of secret `id`.
+    Secret { id: &'a [u8; 16], version: u32 },
+}
 
 /// A ciphertext split into its fields, borrowing from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parsed<'a> {
+    pub format: u8,
     pub algorithm: Algorithm,
     pub key_version: u32,
     pub header: &'a [u8],
@@ -34,7 +47,7 @@ pub struct Parsed<'a> {
 /// Splits `bytes` into fields; rejects every malformed input with a typed error.
 pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, CryptoError> {
     let (&format, _) = bytes.split_first().ok_or(CryptoError::Empty)?;
-    if format != FORMAT_V1 {
+    if format != FORMAT_V1 && format != FORMAT_SECRET {
         return Err(CryptoError::UnknownFormat(format));
     }
     if bytes.len() < 2 {
@@ -51,35 +64,68 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, CryptoError> {
     }
     let (header, rest) = bytes.split_at(HEADER_LEN);
     let (nonce, sealed) = rest.split_at(algorithm.nonce_len());
-    Ok(Parsed { algorithm, key_version, header, nonce, sealed })
+    Ok(Parsed { format, algorithm, key_version, header, nonce, sealed })
 }
 
 fn aead_key(key: &[u8]) -> Result<&[u8; 32], CryptoError> {
     key.try_into().map_err(|_| CryptoError::KeyLength { expected: 32, actual: key.len() })
 }
 
-fn header(algorithm: Algorithm, key_version: u32) -> [u8; HEADER_LEN] {
+fn header(format: u8, algorithm: Algorithm, key_version: u32) -> [u8; HEADER_LEN] {
     let v = key_version.to_be_bytes();
-    [FORMAT_V1, algorithm.id(), v[0], v[1], v[2], v[3]]
+    [format, algorithm.id(), v[0], v[1], v[2], v[3]]
+}
+
+fn refuse_reserved(context: &[u8]) -> Result<(), CryptoError> {
+    if context.starts_with(aad::LEGACY_SECRET_CONTEXT_LABEL) {
+        return Err(CryptoError::ReservedContext);
+    }
+    Ok(())
+}
+
+/// Calls `f` with the AAD a ciphertext of `format` bound by `binding` has.
+/// Secret values written by 0.1.0 (format 0x01) used the data domain with a
+/// labelled context; callers can no longer produce that context.
+fn with_aad<R>(
+    format: u8,
+    header: &[u8],
+    group: &GroupId,
+    binding: Binding<'_>,
+    f: impl FnOnce(&[u8]) -> Result<R, CryptoError>,
+) -> Result<R, CryptoError> {
+    match (format, binding) {
+        (FORMAT_V1, Binding::Data(context)) => {
+            refuse_reserved(context)?;
+            aad::with_data(header, group, context, f)
+        }
+        (FORMAT_V1, Binding::Secret { id, version }) => f(&aad::data(header, group, &aad::legacy_secret_context(id, version))),
+        (FORMAT_SECRET, Binding::Secret { id, version }) => f(&aad::secret_value(header, group, id, version)),
+        (FORMAT_SECRET, Binding::Data(_)) => Err(CryptoError::WrongDomain),
+        (other, _) => Err(CryptoError::UnknownFormat(other)),
+    }
 }
 
 /// Encrypts `plaintext` under ring key `key` (version `key_version` of `group`),
-/// bound to `context`.
+/// bound to `binding`: caller data gets format 0x01, secret values 0x02.
 pub fn encrypt(
     algorithm: Algorithm,
     key: &[u8],
     key_version: u32,
     group: &GroupId,
-    context: &[u8],
+    binding: Binding<'_>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     if key_version == 0 {
         return Err(CryptoError::ZeroVersion);
     }
     let key = aead_key(key)?;
-    let header = header(algorithm, key_version);
+    let format = match binding {
+        Binding::Data(_) => FORMAT_V1,
+        Binding::Secret { .. } => FORMAT_SECRET,
+    };
+    let header = header(format, algorithm, key_version);
     let nonce = algorithm.random_nonce();
-    let sealed = aad::with_data(&header, group, context, |aad| algorithm.seal(key, &nonce, aad, plaintext))?;
+    let sealed = with_aad(format, &header, group, binding, |aad| algorithm.seal(key, &nonce, aad, plaintext))?;
     let mut out = Vec::with_capacity(HEADER_LEN + nonce.len() + sealed.len());
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
@@ -93,10 +139,10 @@ pub fn decrypt(
     parsed: &Parsed<'_>,
     key: &[u8],
     group: &GroupId,
-    context: &[u8],
+    binding: Binding<'_>,
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let mut out = Zeroizing::new(vec![0u8; plaintext_len(parsed)]);
-    decrypt_into(parsed, key, group, context, &mut out)?;
+    decrypt_into(parsed, key, group, binding, &mut out)?;
     Ok(out)
 }
 
@@ -111,11 +157,11 @@ pub fn decrypt_into(
     parsed: &Parsed<'_>,
     key: &[u8],
     group: &GroupId,
-    context: &[u8],
+    binding: Binding<'_>,
     out: &mut [u8],
 ) -> Result<(), CryptoError> {
     let key = aead_key(key)?;
-    aad::with_data(parsed.header, group, context, |aad| {
+    with_aad(parsed.format, parsed.header, group, binding, |aad| {
         parsed.algorithm.open_into(key, parsed.nonce, aad, parsed.sealed, out)
     })
 }
@@ -132,18 +178,18 @@ mod tests {
 
     fn roundtrip(alg: Algorithm, pt: &[u8], ctx: &[u8]) -> (KeyBytes, Vec<u8>) {
         let key = KeyBytes::random(32);
-        let ct = encrypt(alg, key.as_bytes(), 7, &G1, ctx, pt).unwrap();
+        let ct = encrypt(alg, key.as_bytes(), 7, &G1, Binding::Data(ctx), pt).unwrap();
         let parsed = parse(&ct).unwrap();
         assert_eq!(parsed.key_version, 7);
         assert_eq!(parsed.algorithm, alg);
-        assert_eq!(&decrypt(&parsed, key.as_bytes(), &G1, ctx).unwrap()[..], pt);
+        assert_eq!(&decrypt(&parsed, key.as_bytes(), &G1, Binding::Data(ctx)).unwrap()[..], pt);
         (key, ct)
     }
 
     #[test]
     fn layout_is_format_algorithm_version_nonce_sealed() {
         let key = KeyBytes::random(32);
-        let ct = encrypt(Algorithm::XChaCha20Poly1305, key.as_bytes(), 0x01020304, &G1, b"", b"abc").unwrap();
+        let ct = encrypt(Algorithm::XChaCha20Poly1305, key.as_bytes(), 0x01020304, &G1, Binding::Data(b""), b"abc").unwrap();
         assert_eq!(&ct[..6], &[FORMAT_V1, 2, 1, 2, 3, 4]);
         assert_eq!(ct.len(), 6 + 24 + 3 + 16);
     }
@@ -151,7 +197,7 @@ mod tests {
     #[test]
     fn parse_rejects_each_malformed_shape_with_its_own_error() {
         assert_eq!(parse(&[]), Err(CryptoError::Empty));
-        assert_eq!(parse(&[0x02, 1, 0, 0, 0, 1]), Err(CryptoError::UnknownFormat(2)));
+        assert_eq!(parse(&[0x03, 1, 0, 0, 0, 1]), Err(CryptoError::UnknownFormat(3)));
         assert_eq!(parse(&[FORMAT_V1]), Err(CryptoError::Truncated { minimum: 6, actual: 1 }));
         assert_eq!(parse(&[FORMAT_V1, 9, 0, 0, 0, 1]), Err(CryptoError::UnknownAlgorithm(9)));
         assert_eq!(
@@ -169,7 +215,7 @@ mod tests {
             let (_, ct) = roundtrip(alg, b"secret", b"");
             let other = KeyBytes::random(32);
             assert_eq!(
-                decrypt(&parse(&ct).unwrap(), other.as_bytes(), &G1, b"").unwrap_err(),
+                decrypt(&parse(&ct).unwrap(), other.as_bytes(), &G1, Binding::Data(b"")).unwrap_err(),
                 CryptoError::AuthenticationFailed
             );
         }
@@ -179,9 +225,53 @@ mod tests {
     fn non_32_byte_key_is_refused() {
         let key = KeyBytes::random(16);
         assert!(matches!(
-            encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, b"", b"x"),
+            encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, Binding::Data(b""), b"x"),
             Err(CryptoError::KeyLength { .. })
         ));
+    }
+
+    #[test]
+    fn secret_values_and_caller_data_cannot_open_each_other() {
+        let key = KeyBytes::random(32);
+        let id = [9u8; 16];
+        let secret = Binding::Secret { id: &id, version: 3 };
+        let ct = encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, secret, b"s3cret").unwrap();
+        assert_eq!(ct[0], FORMAT_SECRET);
+        let p = parse(&ct).unwrap();
+        assert_eq!(&decrypt(&p, key.as_bytes(), &G1, secret).unwrap()[..], b"s3cret");
+        // vault.decrypt refuses a secret value whatever context it is given
+        let legacy = crate::aad::legacy_secret_context(&id, 3);
+        for ctx in [&b""[..], &legacy[..]] {
+            assert!(matches!(
+                decrypt(&p, key.as_bytes(), &G1, Binding::Data(ctx)),
+                Err(CryptoError::WrongDomain) | Err(CryptoError::ReservedContext)
+            ));
+        }
+        // another secret or version does not open it
+        let other = Binding::Secret { id: &[8u8; 16], version: 3 };
+        assert_eq!(decrypt(&p, key.as_bytes(), &G1, other).unwrap_err(), CryptoError::AuthenticationFailed);
+        // nobody can forge a value through the data domain either
+        assert_eq!(
+            encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, Binding::Data(&legacy), b"forged").unwrap_err(),
+            CryptoError::ReservedContext
+        );
+    }
+
+    #[test]
+    fn values_written_by_0_1_0_still_open_as_secrets_only() {
+        // 0.1.0 sealed values as data with a labelled context.
+        let key = KeyBytes::random(32);
+        let id = [7u8; 16];
+        let legacy_ctx = crate::aad::legacy_secret_context(&id, 2);
+        let header = header(FORMAT_V1, Algorithm::DEFAULT, 1);
+        let nonce = Algorithm::DEFAULT.random_nonce();
+        let aad = crate::aad::data(&header, &G1, &legacy_ctx);
+        let sealed = Algorithm::DEFAULT.seal(key.as_aead_key().unwrap(), &nonce, &aad, b"old value").unwrap();
+        let ct = [&header[..], &nonce[..], &sealed[..]].concat();
+        let p = parse(&ct).unwrap();
+        let opened = decrypt(&p, key.as_bytes(), &G1, Binding::Secret { id: &id, version: 2 }).unwrap();
+        assert_eq!(&opened[..], b"old value");
+        assert_eq!(decrypt(&p, key.as_bytes(), &G1, Binding::Data(&legacy_ctx)).unwrap_err(), CryptoError::ReservedContext);
     }
 
     proptest! {
@@ -203,7 +293,7 @@ mod tests {
             // A flip may make the input unparsable (format/algorithm byte) or
             // name another version; either way it must never decrypt.
             if let Ok(p) = parse(&ct) {
-                prop_assert!(decrypt(&p, key.as_bytes(), &G1, b"ctx").is_err());
+                prop_assert!(decrypt(&p, key.as_bytes(), &G1, Binding::Data(b"ctx")).is_err());
             }
         }
 
@@ -213,7 +303,7 @@ mod tests {
             let (key, ct) = roundtrip(ALGS[alg_i], &pt, b"");
             let len = cut.index(ct.len());
             if let Ok(p) = parse(&ct[..len]) {
-                prop_assert!(decrypt(&p, key.as_bytes(), &G1, b"").is_err());
+                prop_assert!(decrypt(&p, key.as_bytes(), &G1, Binding::Data(b"")).is_err());
             }
         }
 
@@ -222,14 +312,14 @@ mod tests {
                                                 alg_i in 0usize..2, v in 1u32..u32::MAX) {
             let (key, ct) = roundtrip(ALGS[alg_i], &pt, b"ctx");
             let p = parse(&ct).unwrap();
-            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G2, b"ctx").unwrap_err(), CryptoError::AuthenticationFailed);
-            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, b"ctx2").unwrap_err(), CryptoError::AuthenticationFailed);
-            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, b"").unwrap_err(), CryptoError::AuthenticationFailed);
+            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G2, Binding::Data(b"ctx")).unwrap_err(), CryptoError::AuthenticationFailed);
+            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, Binding::Data(b"ctx2")).unwrap_err(), CryptoError::AuthenticationFailed);
+            prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, Binding::Data(b"")).unwrap_err(), CryptoError::AuthenticationFailed);
             if v != 7 {
                 let mut moved = ct.clone();
                 moved[2..6].copy_from_slice(&v.to_be_bytes());
                 let p = parse(&moved).unwrap();
-                prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, b"ctx").unwrap_err(), CryptoError::AuthenticationFailed);
+                prop_assert_eq!(decrypt(&p, key.as_bytes(), &G1, Binding::Data(b"ctx")).unwrap_err(), CryptoError::AuthenticationFailed);
             }
         }
 

@@ -12,7 +12,6 @@ use crate::PolicyError;
 
 pub const MIN_GENERATED: usize = 8;
 pub const MAX_GENERATED: usize = 4096;
-const CONTEXT_LABEL: &[u8] = b"secret_vault/secret/v1";
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// How a rotating secret's values are made.
@@ -74,16 +73,6 @@ impl Generator {
             }
         })
     }
-}
-
-/// Associated-data context for version `version` of secret `id`: a value
-/// moved to another secret or version fails to decrypt.
-pub fn value_context(id: &[u8; 16], version: u32) -> Vec<u8> {
-    let mut c = Vec::with_capacity(CONTEXT_LABEL.len() + 20);
-    c.extend_from_slice(CONTEXT_LABEL);
-    c.extend_from_slice(id);
-    c.extend_from_slice(&version.to_be_bytes());
-    c
 }
 
 /// Whether `candidate` equals any of `values`, in time that depends only on
@@ -169,14 +158,6 @@ mod tests {
         assert!(!verify(b"new-passwor", values));
         assert!(!verify(b"", values));
         assert!(!verify(b"x", std::iter::empty()));
-    }
-
-    #[test]
-    fn contexts_differ_by_secret_and_version() {
-        let a = [1u8; 16];
-        let b = [2u8; 16];
-        assert_ne!(value_context(&a, 1), value_context(&a, 2));
-        assert_ne!(value_context(&a, 1), value_context(&b, 1));
     }
 
     #[test]

@@ -1,0 +1,291 @@
+//! Background work: a launcher (launcher.rs) and one worker per database
+//! where the extension is installed, addressed by database OID, with their
+//! state in a shared registry (registry.rs).
+//!
+//! Each worker wakes every `secret_vault.worker_interval`, rotates due
+//! groups and secrets (only where the server accepts writes and
+//! `secret_vault.rotation` is on), reconciles this database's cache slots
+//! with its tables every `secret_vault.sync_interval`, and fills free slots.
+//! KMS calls happen between transactions, never inside one; every statement
+//! runs as the vault owner role, never as a superuser.
+
+pub mod launcher;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::{self, Relaxed};
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+
+use secret_vault_core::aad::GroupId;
+use secret_vault_core::cache::KeyBuf;
+use secret_vault_core::secret::Generator;
+
+use crate::catalog;
+use crate::error::{VaultError, VaultResult};
+use crate::identity::{self, Identity};
+use crate::{coherence, guc, keyring, kms, secret_store, secrets, shmem};
+use registry::{Slot, State};
+
+const DUE_BATCH: i64 = 32;
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+pub fn register() {
+    launcher::register();
+}
+
+/// One transaction as the vault owner.
+fn txn<R>(f: impl FnOnce(&Identity) -> VaultResult<R>) -> VaultResult<R> {
+    BackgroundWorker::transaction(AssertUnwindSafe(|| identity::as_owner(f)))
+}
+
+fn record_error(slot: &Slot, context: &str, e: VaultError) {
+    let msg = format!("{context}: {}", e.message());
+    pgrx::log!("secret_vault worker: {msg}");
+    slot.set_last_error(&msg);
+    slot.errors.fetch_add(1, Relaxed);
+    shmem::with_exclusive(|c| c.set_last_error(&msg));
+    shmem::bump(|c| {
+        c.worker_errors.fetch_add(1, Ordering::Relaxed);
+        c.worker_last_error_at.store(catalog::now_micros(), Ordering::Relaxed);
+    });
+}
+
+struct Worker {
+    slot: &'static Slot,
+    database: u32,
+    extension: Option<u32>,
+    last_sync: Option<Instant>,
+    secrets_fingerprint: Option<(i64, i64, i64)>,
+    rotate_backoff: Duration,
+    rotate_not_before: Instant,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = arg.value() as u32;
+    let Some(slot) = registry::find(database) else {
+        pgrx::log!("secret_vault worker: no registry slot for database {database}");
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
+    let pid = unsafe { pg_sys::MyProcPid };
+    slot.pid.store(pid, Relaxed);
+    slot.started_at.store(catalog::now_micros(), Relaxed);
+    slot.set_state(State::Running);
+
+    let mut w = Worker {
+        slot,
+        database,
+        extension: None,
+        last_sync: None,
+        secrets_fingerprint: None,
+        rotate_backoff: Duration::ZERO,
+        rotate_not_before: Instant::now(),
+    };
+    loop {
+        if let Some(exit) = w.tick() {
+            slot.set_state(exit);
+            break;
+        }
+        let interval = Duration::from_millis(guc::WORKER_INTERVAL_MS.get().max(10) as u64);
+        if !BackgroundWorker::wait_latch(Some(interval)) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+    }
+    if slot.state() == State::Running {
+        slot.set_state(State::Idle);
+    }
+    slot.pid.store(0, Relaxed);
+}
+
+impl Worker {
+    /// One round of work; `Some(state)` when this worker should exit.
+    fn tick(&mut self) -> Option<State> {
+        // Resolve the extension here (read-only: a standby allows nothing else).
+        let ident = BackgroundWorker::transaction(AssertUnwindSafe(identity::current));
+        let ident = match ident {
+            Ok(i) => i,
+            Err(VaultError::NotInstalled) => {
+                self.forget_incarnation(None);
+                return Some(State::NotInstalled);
+            }
+            Err(VaultError::SchemaVersion { .. }) => return Some(State::Outdated),
+            Err(e) => {
+                record_error(self.slot, "extension lookup", e);
+                return None;
+            }
+        };
+        self.forget_incarnation(Some(ident.extension));
+        let writable = !unsafe { pg_sys::RecoveryInProgress() };
+        if writable && guc::ROTATION.get() && Instant::now() >= self.rotate_not_before {
+            match self.rotate_due().and_then(|_| self.rotate_due_secrets(&ident)) {
+                Ok(()) => self.rotate_backoff = Duration::ZERO,
+                Err(e) => {
+                    // Back off on failures (a KMS outage), doubling up to a cap.
+                    let base = Duration::from_millis(guc::WORKER_INTERVAL_MS.get().max(10) as u64);
+                    self.rotate_backoff = (self.rotate_backoff * 2).max(base).min(MAX_BACKOFF);
+                    self.rotate_not_before = Instant::now() + self.rotate_backoff;
+                    record_error(self.slot, "scheduled rotation", e);
+                }
+            }
+        }
+        let sync_every = Duration::from_millis(guc::SYNC_INTERVAL_MS.get().max(10) as u64);
+        if self.last_sync.is_none_or(|t| t.elapsed() >= sync_every) {
+            if let Err(e) = self.sync(&ident) {
+                record_error(self.slot, "cache sync", e);
+            }
+            self.last_sync = Some(Instant::now());
+        }
+        self.slot.runs.fetch_add(1, Relaxed);
+        self.slot.last_run.store(catalog::now_micros(), Relaxed);
+        shmem::bump(|c| {
+            c.worker_runs.fetch_add(1, Ordering::Relaxed);
+            c.worker_last_run.store(catalog::now_micros(), Ordering::Relaxed);
+        });
+        None
+    }
+
+    /// Wipes the cache slots of an incarnation of the extension that is no
+    /// longer the one installed here (dropped, or dropped and re-created:
+    /// on a standby nothing else notices).
+    fn forget_incarnation(&mut self, now: Option<u32>) {
+        if let Some(old) = self.extension.filter(|old| Some(*old) != now) {
+            shmem::with_exclusive(|c| c.purge(self.database, Some(old)));
+            self.secrets_fingerprint = None;
+        }
+        self.extension = now;
+    }
+
+    /// Rotates each due group once for its due time. The new key is made and
+    /// wrapped between two transactions; the claim in the second one fails if
+    /// a manual rotation or another worker got there first.
+    fn rotate_due(&mut self) -> VaultResult<()> {
+        let due = txn(|_| Spi::connect(|c| catalog::due_groups(c, catalog::clock(), DUE_BATCH)))?;
+        for (group, due_at) in due {
+            let next = group.last_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(group.name.clone()))?;
+            let (key_id, wrapped) = kms::new_ring_key(
+                &group.id,
+                &group.kms_key,
+                &group.kms_provider,
+                group.purpose,
+                group.key_bytes as usize,
+                next,
+            )?;
+            let rotated = txn(|ident| {
+                Spi::connect_mut(|c| -> VaultResult<bool> {
+                    let now = catalog::clock();
+                    if !catalog::claim_version(c, &group.id, next, now, Some(due_at))? {
+                        return Ok(false);
+                    }
+                    catalog::insert_key(c, &group.id, next, &key_id, &wrapped, now, false)?;
+                    coherence::note_change(&group.name, Some(ident.cache_key(group.id)), true);
+                    Ok(true)
+                })
+            })?;
+            if rotated {
+                pgrx::log!("secret_vault worker: rotated key group \"{}\" to version {next}", group.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotates each due rotating secret once for its due time. The value is
+    /// generated and sealed between transactions with a ring key from the
+    /// cache (warmed first on a miss), so no KMS call happens inside one.
+    fn rotate_due_secrets(&mut self, ident: &Identity) -> VaultResult<()> {
+        let due = txn(|_| Spi::connect(|c| secret_store::due(c, catalog::clock(), DUE_BATCH)))?;
+        for (s, due_at) in due {
+            let spec = s.generator.as_deref().ok_or_else(|| VaultError::ManualSecret(s.name.clone()))?;
+            let value = Generator::parse(spec)?.generate();
+            let next = s.current_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(s.name.clone()))?;
+            let mut keybuf = KeyBuf::new();
+            let slot_key = ident.cache_key(s.group_id);
+            let key = match keyring::cached_current(&slot_key, &mut keybuf) {
+                Some(k) => k,
+                None => {
+                    self.warm(ident, &s.group_id)?;
+                    keyring::cached_current(&slot_key, &mut keybuf)
+                        .ok_or_else(|| VaultError::NoCurrentVersion(s.group.clone()))?
+                }
+            };
+            let ct = secrets::seal_with(&keybuf, key, &s.id, next, value.as_bytes())?;
+            let rotated = txn(|_| {
+                Spi::connect_mut(|c| -> VaultResult<bool> {
+                    let now = catalog::clock();
+                    if !secret_store::claim_next(c, &s.name, next, &ct, now, Some(due_at))? {
+                        return Ok(false);
+                    }
+                    coherence::note_change(&secrets::dirty_key(&s.name), None, true);
+                    Ok(true)
+                })
+            })?;
+            if rotated {
+                pgrx::log!("secret_vault worker: rotated secret \"{}\" to version {next}", s.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops this database's cache slots that the tables no longer agree
+    /// with (changes replayed on a standby, applied by a subscriber,
+    /// restored, or made by hand), then loads groups into free slots.
+    fn sync(&mut self, ident: &Identity) -> VaultResult<()> {
+        let (seqs, fingerprint) =
+            txn(|_| Spi::connect(|c| Ok::<_, VaultError>((catalog::group_sequences(c)?, secret_store::fingerprint(c)?))))?;
+        // Secrets and names are cached per backend against the epoch: a
+        // change the worker did not see committed here bumps it.
+        if self.secrets_fingerprint.is_some_and(|f| f != fingerprint) {
+            shmem::with_exclusive(|c| c.touch());
+        }
+        self.secrets_fingerprint = Some(fingerprint);
+        let table: HashMap<GroupId, i64> = seqs.iter().copied().collect();
+        let cached = shmem::with_shared(|c| c.cached_groups()).unwrap_or_default();
+        let mut present: Vec<GroupId> = Vec::new();
+        let mut used = 0usize;
+        for (key, seq) in cached {
+            used += 1;
+            if key.database != self.database {
+                continue;
+            }
+            if key.extension == ident.extension && table.get(&key.group) == Some(&seq) {
+                present.push(key.group);
+            } else {
+                shmem::with_exclusive(|c| c.invalidate(&key));
+                used -= 1;
+            }
+        }
+        let slots = shmem::with_shared(|c| c.slots()).unwrap_or(0);
+        let mut free = slots.saturating_sub(used);
+        for (id, _) in &seqs {
+            if free == 0 {
+                break;
+            }
+            if present.contains(id) {
+                continue;
+            }
+            self.warm(ident, id)?;
+            free -= 1;
+        }
+        Ok(())
+    }
+
+    fn warm(&self, ident: &Identity, id: &GroupId) -> VaultResult<()> {
+        let Some(epoch) = shmem::epoch() else { return Ok(()) };
+        let Some(window) = txn(|_| Spi::connect(|c| keyring::read_window_by_id(c, id)))? else {
+            // Dropped since we listed it.
+            return Ok(());
+        };
+        let keys = keyring::unwrap_window(&window)?;
+        keyring::store(ident, epoch, &window, &keys);
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! The shared table of per-database workers: which database each slot
+//! serves, its process, its state and its last error. The launcher assigns
+//! slots; each worker writes its own; `vault.stats()` and `vault.workers`
+//! read them. Sized by `max_worker_processes` (no more workers can exist).
+
+use std::ffi::CStr;
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use pgrx::prelude::*;
+
+const NAME: &CStr = c"secret_vault worker registry";
+pub const LAST_ERROR_LEN: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum State {
+    Idle = 0,
+    Starting = 1,
+    Running = 2,
+    NotInstalled = 3,
+    Outdated = 4,
+    Suspended = 5,
+    NoSlot = 6,
+}
+
+impl State {
+    fn from_u32(v: u32) -> State {
+        match v {
+            1 => State::Starting,
+            2 => State::Running,
+            3 => State::NotInstalled,
+            4 => State::Outdated,
+            5 => State::Suspended,
+            6 => State::NoSlot,
+            _ => State::Idle,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::NotInstalled => "extension not installed",
+            State::Outdated => "waiting for ALTER EXTENSION secret_vault UPDATE",
+            State::Suspended => "stopped for a database command",
+            State::NoSlot => "no background worker slot free",
+        }
+    }
+}
+
+#[repr(C)]
+pub struct Slot {
+    pub database: AtomicU32,
+    pub pid: AtomicI32,
+    state: AtomicU32,
+    pub started_at: AtomicI64,
+    pub last_run: AtomicI64,
+    pub runs: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_error_at: AtomicI64,
+    /// The launcher starts no worker here before this time (µs, PostgreSQL epoch).
+    pub retry_at: AtomicI64,
+    /// Start one as soon as possible (CREATE or ALTER EXTENSION committed).
+    pub wanted: AtomicBool,
+    last_error_len: AtomicU32,
+    last_error: [u8; LAST_ERROR_LEN],
+}
+
+impl Slot {
+    pub fn state(&self) -> State {
+        State::from_u32(self.state.load(Relaxed))
+    }
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u32, Relaxed)
+    }
+    pub fn last_error(&self) -> Option<String> {
+        with_lock(pg_sys::LWLockMode::LW_SHARED, || {
+            let n = self.last_error_len.load(Relaxed) as usize;
+            (n > 0).then(|| String::from_utf8_lossy(&self.last_error[..n.min(LAST_ERROR_LEN)]).into_owned())
+        })
+    }
+    pub fn set_last_error(&self, msg: &str) {
+        let mut n = msg.len().min(LAST_ERROR_LEN);
+        while !msg.is_char_boundary(n) {
+            n -= 1;
+        }
+        with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: writers hold the registry lock exclusively.
+            let buf = unsafe { &mut *(self.last_error.as_ptr() as *mut [u8; LAST_ERROR_LEN]) };
+            buf[..n].copy_from_slice(&msg.as_bytes()[..n]);
+            self.last_error_len.store(n as u32, Relaxed);
+        });
+        self.last_error_at.store(crate::catalog::now_micros(), Relaxed);
+    }
+    fn clear(&self) {
+        self.pid.store(0, Relaxed);
+        self.set_state(State::Idle);
+        for a in [&self.started_at, &self.last_run, &self.last_error_at, &self.retry_at] {
+            a.store(0, Relaxed);
+        }
+        self.runs.store(0, Relaxed);
+        self.errors.store(0, Relaxed);
+        self.wanted.store(false, Relaxed);
+        self.last_error_len.store(0, Relaxed);
+    }
+}
+
+#[repr(C)]
+struct Header {
+    launcher_pid: AtomicI32,
+    slots: u32,
+}
+
+static mut BASE: *mut Header = null_mut();
+static mut LOCK: *mut pg_sys::LWLock = null_mut();
+
+fn slot_count() -> usize {
+    // SAFETY: read-only after the postmaster has read its configuration.
+    (unsafe { pg_sys::max_worker_processes }).max(1) as usize
+}
+
+pub fn size() -> usize {
+    std::mem::size_of::<Header>().next_multiple_of(64) + slot_count() * std::mem::size_of::<Slot>()
+}
+
+/// Called from the shmem startup hook, under AddinShmemInitLock.
+pub unsafe fn startup(lock: *mut pg_sys::LWLock) {
+    unsafe {
+        let mut found = false;
+        let p = pg_sys::ShmemInitStruct(NAME.as_ptr(), size(), &mut found) as *mut Header;
+        if !found {
+            std::ptr::write_bytes(p as *mut u8, 0, size());
+            (*p).slots = slot_count() as u32;
+        }
+        BASE = p;
+        LOCK = lock;
+    }
+}
+
+fn slots() -> &'static [Slot] {
+    unsafe {
+        if BASE.is_null() {
+            return &[];
+        }
+        let first = (BASE as *mut u8).add(std::mem::size_of::<Header>().next_multiple_of(64)) as *const Slot;
+        std::slice::from_raw_parts(first, (*BASE).slots as usize)
+    }
+}
+
+fn with_lock<R>(mode: pg_sys::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
+    unsafe {
+        if LOCK.is_null() {
+            return f();
+        }
+        pg_sys::LWLockAcquire(LOCK, mode);
+        let r = f();
+        pg_sys::LWLockRelease(LOCK);
+        r
+    }
+}
+
+/// The slot serving `database`, if one is assigned.
+pub fn find(database: u32) -> Option<&'static Slot> {
+    slots().iter().find(|s| s.database.load(Relaxed) == database)
+}
+
+/// Assigns slots to `databases` and frees those of databases that are gone.
+/// Returns the databases that got no slot (more databases than slots).
+pub fn assign(databases: &[u32]) -> Vec<u32> {
+    with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        for s in slots() {
+            let db = s.database.load(Relaxed);
+            if db != 0 && !databases.contains(&db) && s.pid.load(Relaxed) == 0 {
+                s.clear();
+                s.database.store(0, Relaxed);
+            }
+        }
+        let mut unplaced = Vec::new();
+        for &db in databases {
+            if find(db).is_some() {
+                continue;
+            }
+            match slots().iter().find(|s| s.database.load(Relaxed) == 0) {
+                Some(s) => {
+                    s.clear();
+                    s.database.store(db, Relaxed);
+                }
+                None => unplaced.push(db),
+            }
+        }
+        unplaced
+    })
+}
+
+/// Every assigned slot.
+pub fn all() -> impl Iterator<Item = &'static Slot> {
+    slots().iter().filter(|s| s.database.load(Relaxed) != 0)
+}
+
+pub fn set_launcher_pid(pid: i32) {
+    if let Some(h) = unsafe { BASE.as_ref() } {
+        h.launcher_pid.store(pid, Relaxed);
+    }
+}
+
+/// Asks the launcher to start a worker for `database` now (CREATE/ALTER
+/// EXTENSION committed there).
+pub fn want(database: u32) {
+    if let Some(s) = find(database) {
+        s.wanted.store(true, Relaxed);
+    }
+    wake_launcher();
+}
+
+pub fn wake_launcher() {
+    if let Some(h) = unsafe { BASE.as_ref() } {
+        let pid = h.launcher_pid.load(Relaxed);
+        if pid > 0 {
+            // SIGUSR1 sets the launcher's latch (procsignal handler).
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+        }
+    }
+}
+
+/// Stops the worker of `database` and keeps the launcher from starting one
+/// for `hold_micros`: DROP DATABASE, ALTER DATABASE RENAME and CREATE
+/// DATABASE ... TEMPLATE refuse to run while any other session is connected
+/// to it. Waits up to `wait` for the worker to exit.
+pub fn suspend(database: u32, hold_micros: i64, wait: std::time::Duration) {
+    let Some(s) = find(database) else { return };
+    s.retry_at.store(crate::catalog::now_micros() + hold_micros, Relaxed);
+    s.wanted.store(false, Relaxed);
+    let pid = s.pid.load(Relaxed);
+    if pid <= 0 {
+        return;
+    }
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        let gone = s.pid.load(Relaxed) != pid || unsafe { libc::kill(pid, 0) } != 0;
+        if gone {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        pg_sys::check_for_interrupts!();
+    }
+    s.set_state(State::Suspended);
+}
