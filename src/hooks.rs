@@ -116,7 +116,10 @@ unsafe extern "C-unwind" fn utility(
             if let Some(name) = database_needing_exclusive_access(node) {
                 let c = std::ffi::CString::new(name).unwrap_or_default();
                 let oid = pg_sys::get_database_oid(c.as_ptr(), true);
-                if oid != pg_sys::InvalidOid {
+                // Only for someone PostgreSQL will let run the command: anyone
+                // else could keep a database's worker stopped by retrying it.
+                let may = pg_sys::superuser() || pg_sys::pg_database_ownercheck(oid, pg_sys::GetUserId());
+                if oid != pg_sys::InvalidOid && may {
                     registry::suspend(oid.to_u32(), SUSPEND_MICROS, std::time::Duration::from_secs(10));
                 }
             } else if creates_or_updates_us(node) {
