@@ -10,11 +10,11 @@ PGRX_VER   := 0.18.0
 APT_PKGS   := postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo postgresql-15-cron
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help deps deps-apt deps-pgrx install run demo psql stop test test-core test-pg test-regress test-integration bench lint
+.PHONY: help deps deps-apt deps-pgrx install run demo psql stop test test-core test-pg test-regress test-integration test-upgrade bench lint
 
 help:
 	@echo "make run    install what is missing, build, start the dev cluster, show a demo"
-	@echo "make test   every test tier: core, pg_test, pg_regress, integration"
+	@echo "make test   every test tier: core, pg_test, upgrade from 0.1.0, pg_regress, integration"
 	@echo "make psql | make stop | make bench"
 
 ## ---- dependencies (skip what is present) ------------------------------------
@@ -60,6 +60,7 @@ test: deps
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory test-core; \
 	$(MAKE) --no-print-directory test-pg; \
+	$(MAKE) --no-print-directory test-upgrade; \
 	$(MAKE) --no-print-directory install; \
 	$(MAKE) --no-print-directory test-regress; \
 	$(MAKE) --no-print-directory test-integration; \
@@ -78,6 +79,11 @@ test-regress:
 
 test-integration:
 	cargo test -p secret_vault_it -- --test-threads=2
+
+# 0.1.0 -> current: builds the 0.1.0 release, upgrades a cluster it made,
+# compares with a fresh install; leaves the current build installed.
+test-upgrade: deps
+	scripts/upgrade_test.sh
 
 ## ---- benchmarks (release build, throwaway cluster) ---------------------------
 bench: install

@@ -1,0 +1,170 @@
+-- secret_vault 0.1.0 -> 0.2.0 (ALTER EXTENSION secret_vault UPDATE).
+--
+-- Brings a 0.1.0 schema to what CREATE EXTENSION secret_vault makes in 0.2.0
+-- (sql/bootstrap.sql, the generated functions, sql/finalize.sql):
+--  * the install-time role checks of bootstrap.sql (the schema check is
+--    skipped: at update time schema vault is the extension's own), and role
+--    vault_owner, which from now on owns every table, the sequence, every
+--    view and every SECURITY DEFINER function, so nothing the extension runs
+--    has a superuser's rights;
+--  * vault.ring_keys.binding: existing rows get 1, the 0.1.0 binding (group
+--    and version); rows written by 0.2.0 are 2 (also purpose and key size);
+--  * vault.secret_store gets UNIQUE (id), a foreign key to its key group and
+--    an index on key_group_id; vault.secret_values a foreign key to its
+--    secret. 0.1.0 could leave orphaned rows, so both foreign keys are added
+--    NOT VALID and then validated; if orphans exist, a WARNING says how many
+--    and the constraints stay NOT VALID (they still hold for new rows).
+--    No row is ever deleted by this script;
+--  * vault._open_secret is no longer executable by vault_reader;
+--  * new: vault.worker_status() and view vault.workers, for vault_admin.
+-- The generated definitions of every other function are unchanged from
+-- 0.1.0. Values need no rewrite: 0.2.0 reads 0.1.0 ciphertexts (secret
+-- values in format 0x01, ring keys with binding 1) and writes new ones in
+-- the 0.2.0 format.
+--
+-- Released scripts are frozen: change this one only until 0.2.0 ships.
+
+\echo Use "ALTER EXTENSION secret_vault UPDATE TO '0.2.0'" to load this file. \quit
+
+-- ---- roles ------------------------------------------------------------------
+-- As in bootstrap.sql: pre-existing roles with the extension's role names
+-- must be plain NOLOGIN roles, and nobody may be a member of vault_owner.
+DO $update_checks$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT rolname, rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolreplication
+               FROM pg_catalog.pg_roles
+              WHERE rolname OPERATOR(pg_catalog.=) ANY (ARRAY['vault_owner', 'vault_reader', 'vault_admin'])
+    LOOP
+        IF r.rolcanlogin OR r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication THEN
+            RAISE EXCEPTION 'role "%" already exists with attributes secret_vault does not give it', r.rolname
+                USING ERRCODE = 'duplicate_object',
+                      DETAIL = 'The extension''s roles must be NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION.',
+                      HINT = pg_catalog.format('ALTER ROLE %I NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION, or drop it.', r.rolname);
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) m.roleid
+                WHERE o.rolname OPERATOR(pg_catalog.=) 'vault_owner') THEN
+        RAISE EXCEPTION 'role "vault_owner" has members'
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'vault_owner owns the vault tables; a member could read and edit them directly.',
+                  HINT = 'REVOKE vault_owner FROM every member first.';
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'vault_owner') THEN
+        CREATE ROLE vault_owner NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION NOINHERIT;
+    END IF;
+END
+$update_checks$;
+-- vault_owner owns the tables and runs every query the extension makes; it
+-- is not a superuser, so nothing the extension runs has a superuser's rights.
+GRANT USAGE ON SCHEMA vault TO vault_owner;
+
+-- ---- tables -----------------------------------------------------------------
+-- What the KMS bound the wrapped key to: 1 = group and version (0.1.0),
+-- 2 = also the group's purpose and key size. Every 0.1.0 row is 1.
+ALTER TABLE vault.ring_keys
+    ADD COLUMN binding smallint NOT NULL DEFAULT 1
+        CONSTRAINT ring_keys_binding_check CHECK (binding IN (1, 2));
+
+-- Foreign keys: a secret can never outlive the group that seals it, nor a
+-- superseded value its secret. Added NOT VALID (checked for new rows at
+-- once), then validated below without ever deleting what 0.1.0 left.
+ALTER TABLE vault.secret_store
+    ADD CONSTRAINT secret_store_id_key UNIQUE (id);
+ALTER TABLE vault.secret_store
+    ADD CONSTRAINT secret_store_key_group_fkey FOREIGN KEY (key_group_id) REFERENCES vault.key_groups (id) NOT VALID;
+CREATE INDEX secret_store_key_group ON vault.secret_store (key_group_id);
+ALTER TABLE vault.secret_values
+    ADD CONSTRAINT secret_values_secret_fkey FOREIGN KEY (secret_id) REFERENCES vault.secret_store (id) ON DELETE CASCADE NOT VALID;
+
+DO $validate$
+DECLARE
+    orphans bigint;
+BEGIN
+    BEGIN
+        ALTER TABLE vault.secret_store VALIDATE CONSTRAINT secret_store_key_group_fkey;
+    EXCEPTION WHEN foreign_key_violation THEN
+        SELECT count(*) INTO orphans
+          FROM vault.secret_store s
+         WHERE NOT EXISTS (SELECT 1 FROM vault.key_groups g WHERE g.id OPERATOR(pg_catalog.=) s.key_group_id);
+        RAISE WARNING 'secret_vault: % secret(s) in vault.secret_store refer to a key group that no longer exists', orphans
+            USING DETAIL = 'Left by secret_vault 0.1.0. Constraint secret_store_key_group_fkey stays NOT VALID; it holds for new rows. Nothing was deleted.',
+                  HINT = 'Inspect: SELECT name, key_group_id FROM vault.secret_store s WHERE NOT EXISTS (SELECT 1 FROM vault.key_groups g WHERE g.id = s.key_group_id); '
+                         'once they are dealt with: ALTER TABLE vault.secret_store VALIDATE CONSTRAINT secret_store_key_group_fkey;';
+    END;
+    BEGIN
+        ALTER TABLE vault.secret_values VALIDATE CONSTRAINT secret_values_secret_fkey;
+    EXCEPTION WHEN foreign_key_violation THEN
+        SELECT count(*) INTO orphans
+          FROM vault.secret_values v
+         WHERE NOT EXISTS (SELECT 1 FROM vault.secret_store s WHERE s.id OPERATOR(pg_catalog.=) v.secret_id);
+        RAISE WARNING 'secret_vault: % superseded value(s) in vault.secret_values belong to a secret that no longer exists', orphans
+            USING DETAIL = 'Left by secret_vault 0.1.0. Constraint secret_values_secret_fkey stays NOT VALID; it holds for new rows. Nothing was deleted.',
+                  HINT = 'Inspect: SELECT secret_id, version FROM vault.secret_values v WHERE NOT EXISTS (SELECT 1 FROM vault.secret_store s WHERE s.id = v.secret_id); '
+                         'once they are dealt with: ALTER TABLE vault.secret_values VALIDATE CONSTRAINT secret_values_secret_fkey;';
+    END;
+END
+$validate$;
+
+ALTER TABLE vault.kms_keys OWNER TO vault_owner;
+ALTER TABLE vault.key_groups OWNER TO vault_owner;
+ALTER TABLE vault.ring_keys OWNER TO vault_owner;
+ALTER TABLE vault.secret_store OWNER TO vault_owner;
+ALTER TABLE vault.secret_values OWNER TO vault_owner;
+ALTER SEQUENCE vault.change_seq OWNER TO vault_owner;
+ALTER VIEW vault.groups OWNER TO vault_owner;
+ALTER VIEW vault.group_versions OWNER TO vault_owner;
+ALTER VIEW vault.secrets OWNER TO vault_owner;
+
+-- ---- functions --------------------------------------------------------------
+-- Generated from src/stats.rs (secret_vault::stats::worker_status).
+CREATE FUNCTION vault."worker_status"() RETURNS TABLE (
+	"database" TEXT,  /* String */
+	"pid" INT,  /* Option < i32 > */
+	"state" TEXT,  /* String */
+	"started_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_run" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"runs" bigint,  /* i64 */
+	"errors" bigint,  /* i64 */
+	"last_error" TEXT,  /* Option < String > */
+	"last_error_at" timestamp with time zone  /* Option < TimestampWithTimeZone > */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'worker_status_wrapper';
+
+-- ---- views and grants (as in finalize.sql) ----------------------------------
+-- Current values. Granted to no one: to let a role list every value,
+-- GRANT SELECT on it and EXECUTE on vault._open_secret (which refuses any
+-- caller without SELECT on this view).
+ALTER VIEW vault.decrypted_secrets OWNER TO vault_owner;
+REVOKE EXECUTE ON FUNCTION vault._open_secret(text, uuid, int, bytea) FROM vault_reader;
+
+-- Nothing in the vault is reachable by PUBLIC (the new function included).
+-- Also records the privileges of the objects that changed owner above as
+-- the extension's initial privileges, as CREATE EXTENSION does.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vault FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA vault FROM PUBLIC;
+
+-- Per-database workers, for operators.
+CREATE VIEW vault.workers AS SELECT * FROM vault.worker_status();
+ALTER VIEW vault.workers OWNER TO vault_owner;
+REVOKE ALL ON vault.workers FROM PUBLIC;
+REVOKE ALL ON FUNCTION vault.worker_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.worker_status() TO vault_admin;
+GRANT SELECT ON vault.workers TO vault_admin;
+
+-- SECURITY DEFINER functions run as vault_owner, never as the superuser who
+-- ran CREATE EXTENSION.
+DO $owners$
+DECLARE f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) 'vault'::pg_catalog.regnamespace AND p.prosecdef
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO vault_owner', f);
+    END LOOP;
+END
+$owners$;
