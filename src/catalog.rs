@@ -75,33 +75,32 @@ fn group_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<GroupRow> {
     })
 }
 
-pub fn load_group(client: &SpiClient<'_>, name: &str) -> VaultResult<Option<GroupRow>> {
+/// The one group whose `column` (a key: `name` or `id`) equals `arg`.
+fn load_group_where(
+    client: &SpiClient<'_>,
+    column: &'static str,
+    arg: pgrx::datum::DatumWithOid<'_>,
+) -> VaultResult<Option<GroupRow>> {
     let rows = client.select(
         &sql(&format!(
             "SELECT {GROUP_COLUMNS}
                FROM vault.key_groups g
                JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
-              WHERE g.name OPERATOR(pg_catalog.=) $1"
+              WHERE g.{column} OPERATOR(pg_catalog.=) $1"
         ))?,
         Some(1),
-        &[name.into()],
+        &[arg],
     )?;
     rows.into_iter().next().map(group_row).transpose()
 }
 
+pub fn load_group(client: &SpiClient<'_>, name: &str) -> VaultResult<Option<GroupRow>> {
+    load_group_where(client, "name", name.into())
+}
+
 /// A group by id, for the worker (which addresses groups by identity).
 pub fn load_group_by_id(client: &SpiClient<'_>, id: &GroupId) -> VaultResult<Option<GroupRow>> {
-    let rows = client.select(
-        &sql(&format!(
-            "SELECT {GROUP_COLUMNS}
-               FROM vault.key_groups g
-               JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
-              WHERE g.id OPERATOR(pg_catalog.=) $1"
-        ))?,
-        Some(1),
-        &[uuid(id).into()],
-    )?;
-    rows.into_iter().next().map(group_row).transpose()
+    load_group_where(client, "id", uuid(id).into())
 }
 
 /// Locks a group's row against deletion until this transaction ends (the

@@ -133,14 +133,7 @@ pub(crate) fn rotate_impl(
             .last_version
             .checked_add(1)
             .ok_or_else(|| VaultError::VersionOverflow(group.name.clone()))?;
-        let (key_id, wrapped) = kms::new_ring_key(
-            &group.id,
-            &group.kms_key,
-            &group.kms_provider,
-            group.purpose,
-            group.key_bytes as usize,
-            next,
-        )?;
+        let (key_id, wrapped) = kms::next_ring_key(&group, next)?;
         let now = catalog::clock();
         if catalog::claim_version(client, &group.id, next, now, due)? {
             catalog::insert_key(client, &group.id, next, &key_id, &wrapped, now, false)?;

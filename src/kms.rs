@@ -86,6 +86,11 @@ pub fn new_ring_key(
     Ok((p.key_id().to_string(), wrapped))
 }
 
+/// A new ring key for `version` of an existing group (rotation).
+pub fn next_ring_key(group: &GroupRow, version: i32) -> VaultResult<(String, Vec<u8>)> {
+    new_ring_key(&group.id, &group.kms_key, &group.kms_provider, group.purpose, group.key_bytes as usize, version)
+}
+
 /// At postmaster start: when no key file is configured, make sure the
 /// embedded default exists, and say loudly that it is for development.
 pub fn ensure_default_local_key() {

@@ -172,14 +172,7 @@ impl Worker {
         let due = txn(|_| Spi::connect(|c| catalog::due_groups(c, catalog::clock(), DUE_BATCH)))?;
         for (group, due_at) in due {
             let next = group.last_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(group.name.clone()))?;
-            let (key_id, wrapped) = kms::new_ring_key(
-                &group.id,
-                &group.kms_key,
-                &group.kms_provider,
-                group.purpose,
-                group.key_bytes as usize,
-                next,
-            )?;
+            let (key_id, wrapped) = kms::next_ring_key(&group, next)?;
             let rotated = txn(|ident| {
                 Spi::connect_mut(|c| -> VaultResult<bool> {
                     let now = catalog::clock();
