@@ -4,10 +4,12 @@
 -- The install trusts nothing it did not make. CREATE EXTENSION runs as a
 -- superuser, and everything below (and every query the extension runs later)
 -- would otherwise be at the mercy of whoever prepared the ground:
---  * schema vault must have been created by this CREATE EXTENSION, or be an
---    empty schema owned by a superuser in which no other role may create
---    objects (what DROP EXTENSION leaves behind): an owner could plant
---    look-alikes or rename it under us;
+--  * schema vault must be an empty schema owned by a superuser in which no
+--    other role may create objects: what CREATE EXTENSION makes, and what
+--    DROP EXTENSION leaves behind. An owner could plant look-alikes or
+--    rename it under us. (Checked whoever created it, even in this very
+--    transaction: an ALTER SCHEMA ... OWNER in the same transaction proves
+--    nothing about what was planted before.)
 --  * pre-existing roles with the extension's role names must be plain
 --    NOLOGIN roles, and nobody may be a member of vault_owner.
 DO $install_checks$
@@ -17,7 +19,6 @@ DECLARE
     objects bigint;
 BEGIN
     SELECT n.oid, n.nspname, o.rolsuper AS owner_is_superuser,
-           n.xmin OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id()::pg_catalog.xid AS created_now,
            EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) a
                      LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee
                     WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
@@ -25,8 +26,7 @@ BEGIN
       INTO ns
       FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) n.nspowner
      WHERE n.nspname OPERATOR(pg_catalog.=) 'vault';
-    IF NOT ns.created_now THEN
-        SELECT (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) ns.oid)
+    SELECT (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) ns.oid)
              + (SELECT count(*) FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) ns.oid)
              + (SELECT count(*) FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) ns.oid)
              + (SELECT count(*) FROM pg_catalog.pg_operator WHERE oprnamespace OPERATOR(pg_catalog.=) ns.oid)
@@ -36,12 +36,11 @@ BEGIN
              + (SELECT count(*) FROM pg_catalog.pg_ts_config WHERE cfgnamespace OPERATOR(pg_catalog.=) ns.oid)
              + (SELECT count(*) FROM pg_catalog.pg_ts_dict WHERE dictnamespace OPERATOR(pg_catalog.=) ns.oid)
           INTO objects;
-        IF NOT ns.owner_is_superuser OR ns.others_may_create OR objects OPERATOR(pg_catalog.>) 0 THEN
-            RAISE EXCEPTION 'schema "vault" already exists and was not created by CREATE EXTENSION secret_vault'
+    IF NOT ns.owner_is_superuser OR ns.others_may_create OR objects OPERATOR(pg_catalog.>) 0 THEN
+        RAISE EXCEPTION 'schema "vault" already exists and was not created by CREATE EXTENSION secret_vault'
                 USING ERRCODE = 'duplicate_schema',
                       DETAIL = 'Its owner, anyone allowed to create objects in it, or objects already in it could capture keys and values.',
                       HINT = 'Drop or rename that schema first (DROP SCHEMA vault), then CREATE EXTENSION secret_vault.';
-        END IF;
     END IF;
 
     FOR r IN SELECT rolname, rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolreplication

@@ -1,3 +1,33 @@
+-- Grants the extension did not make (default privileges of the installing
+-- role, ALTER DEFAULT PRIVILEGES ... GRANT ... TO someone) are taken back
+-- before the extension's own: nobody reads the vault tables or runs its
+-- functions by accident of a default.
+DO $strip_grants$
+DECLARE g record;
+BEGIN
+    FOR g IN
+        SELECT pg_catalog.format('REVOKE ALL ON %s %s FROM %s',
+                   CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.oid::pg_catalog.regclass,
+                   CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END) AS sql
+          FROM pg_catalog.pg_class c
+          CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+          LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+         WHERE c.relnamespace OPERATOR(pg_catalog.=) 'vault'::pg_catalog.regnamespace
+           AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
+        UNION
+        SELECT pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM %s', p.oid::pg_catalog.regprocedure,
+                   CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END)
+          FROM pg_catalog.pg_proc p
+          CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) a
+          LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+         WHERE p.pronamespace OPERATOR(pg_catalog.=) 'vault'::pg_catalog.regnamespace
+           AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE g.sql;
+    END LOOP;
+END
+$strip_grants$;
+
 -- Nothing in the vault is reachable by PUBLIC; access goes through the roles.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vault FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA vault FROM PUBLIC;

@@ -26,13 +26,41 @@
 
 \echo Use "ALTER EXTENSION secret_vault UPDATE TO '0.2.0'" to load this file. \quit
 
--- ---- roles ------------------------------------------------------------------
+-- ---- schema and roles ---------------------------------------------------------
+-- 0.1.0 installed into any pre-existing schema vault. Refuse to carry on in
+-- one that is not a superuser's, that others may create objects in, or that
+-- holds objects which are not the extension's: those could capture keys.
 -- As in bootstrap.sql: pre-existing roles with the extension's role names
 -- must be plain NOLOGIN roles, and nobody may be a member of vault_owner.
 DO $update_checks$
 DECLARE
     r record;
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) n.nspowner
+                WHERE n.oid OPERATOR(pg_catalog.=) 'vault'::pg_catalog.regnamespace AND NOT o.rolsuper)
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n
+                   CROSS JOIN LATERAL pg_catalog.aclexplode(n.nspacl) a
+                   LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) a.grantee
+                   WHERE n.oid OPERATOR(pg_catalog.=) 'vault'::pg_catalog.regnamespace
+                     AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE' AND NOT coalesce(g.rolsuper, false))
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                   WHERE p.pronamespace OPERATOR(pg_catalog.=) 'vault'::pg_catalog.regnamespace
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                      WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                        AND d.objid OPERATOR(pg_catalog.=) p.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'))
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                   WHERE c.relnamespace OPERATOR(pg_catalog.=) 'vault'::pg_catalog.regnamespace
+                     AND c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'v', 'm', 'f', 'p']::"char"[])
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                      WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                                        AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'))
+    THEN
+        RAISE EXCEPTION 'schema "vault" is not safe to keep the vault in'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'It must belong to a superuser, let no other role create objects, and hold only the extension''s objects.',
+                  HINT = 'ALTER SCHEMA vault OWNER TO a superuser, REVOKE CREATE ON SCHEMA vault from other roles, and drop objects that are not the extension''s; then retry.';
+    END IF;
+
     FOR r IN SELECT rolname, rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolreplication
                FROM pg_catalog.pg_roles
               WHERE rolname OPERATOR(pg_catalog.=) ANY (ARRAY['vault_owner', 'vault_reader', 'vault_admin'])

@@ -196,6 +196,57 @@ fn key_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<KeyRow> {
     })
 }
 
+/// Ring keys still bound the 0.1.0 way (group and version only), with their groups.
+pub fn legacy_bound_keys(client: &SpiClient<'_>, limit: i64) -> VaultResult<Vec<(GroupRow, KeyRow)>> {
+    let rows = client.select(
+        &sql(&format!(
+            "SELECT {GROUP_COLUMNS}, r.version, r.activates_at, r.retired_at IS NOT NULL, r.kms_key_id, r.wrapped_key, r.binding
+               FROM vault.ring_keys r
+               JOIN vault.key_groups g ON g.id OPERATOR(pg_catalog.=) r.group_id
+               JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
+              WHERE r.binding OPERATOR(pg_catalog.=) 1
+              LIMIT $1"
+        ))?,
+        None,
+        &[limit.into()],
+    )?;
+    rows.into_iter()
+        .map(|row| {
+            let at: TimestampWithTimeZone = column(row.get(11)?, "activates_at")?;
+            let key = KeyRow {
+                binding: RingKeyBinding::V1,
+                version: column(row.get(10)?, "version")?,
+                activates_at: at.into(),
+                retired: column(row.get(12)?, "retired")?,
+                kms_key_id: column(row.get(13)?, "kms_key_id")?,
+                wrapped: column(row.get(14)?, "wrapped_key")?,
+            };
+            Ok((group_row(row)?, key))
+        })
+        .collect()
+}
+
+/// Replaces a 0.1.0-bound wrapped key with its re-bound form, unless the row
+/// changed meanwhile (then the next round looks again).
+pub fn rebind_key(
+    client: &mut SpiClient<'_>,
+    group: &GroupId,
+    version: i32,
+    old_wrapped: &[u8],
+    kms_key_id: &str,
+    wrapped: &[u8],
+) -> VaultResult<bool> {
+    let rows = client.update(
+        &sql("UPDATE vault.ring_keys SET wrapped_key = $4, kms_key_id = $5, binding = 2
+               WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2
+                 AND binding OPERATOR(pg_catalog.=) 1 AND wrapped_key OPERATOR(pg_catalog.=) $3
+              RETURNING 1")?,
+        None,
+        &[uuid(group).into(), version.into(), old_wrapped.into(), wrapped.into(), kms_key_id.into()],
+    )?;
+    Ok(!rows.is_empty())
+}
+
 /// The newest `limit` versions of a group, newest first, retired ones included.
 pub fn newest_keys(client: &SpiClient<'_>, group: &GroupId, limit: i64) -> VaultResult<Vec<KeyRow>> {
     let rows = client.select(

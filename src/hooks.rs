@@ -76,14 +76,27 @@ unsafe fn database_needing_exclusive_access(node: *mut pg_sys::Node) -> Option<S
             }
             pg_sys::NodeTag::T_CreatedbStmt => {
                 let options = PgList::<pg_sys::DefElem>::from_pg((*(node as *mut pg_sys::CreatedbStmt)).options);
-                let template = options
-                    .iter_ptr()
-                    .find(|d| !(**d).defname.is_null() && CStr::from_ptr((**d).defname) == c"template")
-                    .and_then(|d| cstr(pg_sys::defGetString(d)));
-                template
+                option(&options, c"template").and_then(cstr)
+            }
+            // ALTER DATABASE ... SET TABLESPACE moves the files: it wants the database to itself.
+            pg_sys::NodeTag::T_AlterDatabaseStmt => {
+                let stmt = node as *mut pg_sys::AlterDatabaseStmt;
+                let options = PgList::<pg_sys::DefElem>::from_pg((*stmt).options);
+                option(&options, c"tablespace").and_then(|_| cstr((*stmt).dbname))
             }
             _ => None,
         }
+    }
+}
+
+/// The string value of option `name`, if given with one (`TEMPLATE DEFAULT` has none).
+unsafe fn option(options: &PgList<pg_sys::DefElem>, name: &CStr) -> Option<*const std::ffi::c_char> {
+    unsafe {
+        let d = options.iter_ptr().find(|d| !(**d).defname.is_null() && CStr::from_ptr((**d).defname) == name)?;
+        if (*d).arg.is_null() {
+            return None;
+        }
+        Some(pg_sys::defGetString(d) as *const std::ffi::c_char)
     }
 }
 
@@ -118,7 +131,9 @@ unsafe extern "C-unwind" fn utility(
                 let oid = pg_sys::get_database_oid(c.as_ptr(), true);
                 // Only for someone PostgreSQL will let run the command: anyone
                 // else could keep a database's worker stopped by retrying it.
-                let may = pg_sys::superuser() || pg_sys::pg_database_ownercheck(oid, pg_sys::GetUserId());
+                // A standby refuses these commands anyway.
+                let may = !pg_sys::RecoveryInProgress()
+                    && (pg_sys::superuser() || pg_sys::pg_database_ownercheck(oid, pg_sys::GetUserId()));
                 if oid != pg_sys::InvalidOid && may {
                     registry::suspend(oid.to_u32(), SUSPEND_MICROS, std::time::Duration::from_secs(10));
                 }

@@ -57,6 +57,9 @@ thread_local! {
     /// Bumped on every reset, so callers holding derived state (prepared
     /// plans, name maps) can tell theirs is from an older resolution.
     static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Set by every invalidation, so one that arrives while `resolve` runs
+    /// is not lost.
+    static INVALIDATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 pub fn generation() -> u64 {
@@ -65,6 +68,7 @@ pub fn generation() -> u64 {
 
 /// Forgets the resolution; the next use resolves again.
 pub fn reset() {
+    INVALIDATED.set(true);
     if CURRENT.with(|c| c.borrow_mut().take()).is_some() {
         GENERATION.set(GENERATION.get() + 1);
     }
@@ -80,15 +84,25 @@ pub fn current() -> VaultResult<Rc<Identity>> {
     if let Some(i) = CURRENT.with(|c| c.borrow().clone()) {
         return Ok(i);
     }
-    let i = Rc::new(resolve()?);
-    CURRENT.with(|c| *c.borrow_mut() = Some(i.clone()));
-    Ok(i)
+    // An invalidation while resolving (the catalog changed under us) means
+    // the answer may already be stale: resolve again.
+    for _ in 0..4 {
+        INVALIDATED.set(false);
+        let i = Rc::new(resolve()?);
+        if !INVALIDATED.get() {
+            CURRENT.with(|c| *c.borrow_mut() = Some(i.clone()));
+            return Ok(i);
+        }
+    }
+    Err(VaultError::Internal("the extension's catalog entries kept changing; retry".into()))
 }
 
 const RESOLVE: &str = "
-SELECT e.oid, e.extversion, pg_catalog.quote_ident(n.nspname), c.oid, c.relowner, r.rolsuper, v.oid
+SELECT e.oid, e.extversion, pg_catalog.quote_ident(n.nspname), c.oid, c.relowner,
+       r.rolsuper OR NOT nr.rolsuper, v.oid
   FROM pg_catalog.pg_extension e
   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+  JOIN pg_catalog.pg_roles nr ON nr.oid OPERATOR(pg_catalog.=) n.nspowner
   LEFT JOIN (pg_catalog.pg_class c
              JOIN pg_catalog.pg_depend d
                ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
@@ -133,9 +147,10 @@ fn resolve() -> VaultResult<Identity> {
         return Err(VaultError::Internal("the extension's tables are missing from its schema".into()));
     };
     if owner_is_super != Some(false) {
-        // Fail closed: internal SQL must never run with a superuser's rights.
+        // Fail closed: internal SQL must never run with a superuser's rights,
+        // and a schema owned by anyone else could be renamed and replaced.
         return Err(VaultError::Internal(
-            "the vault tables are owned by a superuser; they must belong to role vault_owner".into(),
+            "the vault tables must belong to role vault_owner (not a superuser) and schema vault to a superuser".into(),
         ));
     }
     Ok(Identity {

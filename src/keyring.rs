@@ -96,7 +96,9 @@ fn wrong_purpose(name: &str, actual: Purpose, operation: &'static str) -> VaultE
 /// copied into `out` (the caller's buffer: no copy of key bytes is moved around).
 pub fn resolve(name: &str, purpose: Purpose, operation: &'static str, want: Want, out: &mut KeyBuf) -> VaultResult<Resolved> {
     let ident = identity::current()?;
-    let dirty = coherence::is_dirty(name);
+    // A parallel worker cannot see its leader's list of changed groups: if
+    // the transaction has written anything, it reads the tables.
+    let dirty = coherence::is_dirty(name) || unsafe { pg_sys::ParallelWorkerNumber >= 0 && pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId };
     if !dirty {
         let hit = shmem::epoch()
             .and_then(|e| named(name, e))

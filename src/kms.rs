@@ -91,6 +91,16 @@ pub fn next_ring_key(group: &GroupRow, version: i32) -> VaultResult<(String, Vec
     new_ring_key(&group.id, &group.kms_key, &group.kms_provider, group.purpose, group.key_bytes as usize, version)
 }
 
+/// Wraps an existing ring key of `group` again, bound the 0.2.0 way (group,
+/// version, purpose, key size): for rows written by 0.1.0.
+pub fn rebind_ring_key(group: &GroupRow, version: i32, key: &KeyBytes) -> VaultResult<(String, Vec<u8>)> {
+    let p = provider(&group.kms_key, &group.kms_provider)?;
+    counted();
+    let aad = aad::ring_key_bound(aad::RingKeyBinding::V2, &group.id, version as u32, group.purpose.as_str(), group.key_bytes as u32);
+    let wrapped = p.wrap(key, &aad)?;
+    Ok((p.key_id().to_string(), wrapped))
+}
+
 /// At postmaster start: when no key file is configured, make sure the
 /// embedded default exists, and say loudly that it is for development.
 pub fn ensure_default_local_key() {

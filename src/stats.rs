@@ -67,8 +67,9 @@ fn stats() -> TableIterator<'static, (
     TableIterator::once(row)
 }
 
-/// Every database's worker: its process, state and last error. For
-/// operators (vault_admin); the view `vault.workers` selects from it.
+/// The per-database workers: process, state and last error. For operators
+/// (vault_admin); the view `vault.workers` selects from it. Errors name
+/// groups and secrets, so a non-superuser sees only this database's row.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn worker_status() -> TableIterator<'static, (
@@ -82,7 +83,10 @@ fn worker_status() -> TableIterator<'static, (
     name!(last_error, Option<String>),
     name!(last_error_at, Option<TimestampWithTimeZone>),
 )> {
+    let everything = unsafe { pg_sys::superuser() };
+    let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let rows: Vec<_> = registry::all()
+        .filter(|w| everything || w.database.load(Ordering::Relaxed) == here)
         .map(|w| {
             let db = pg_sys::Oid::from(w.database.load(Ordering::Relaxed));
             // SAFETY: a syscache lookup; NULL for a database dropped meanwhile.

@@ -1,9 +1,13 @@
 //! The launcher: one per server, connected to no database. It lists the
 //! databases that accept connections and keeps one worker running in each
 //! where the extension is installed (as TimescaleDB's launcher does). A
-//! worker started in a database without the extension says so and exits;
-//! that database is probed again every `PROBE_EVERY`, or at once when a
-//! CREATE/ALTER EXTENSION commits there (the committing backend wakes us).
+//! worker started in a database without the extension says so, gives its
+//! registry slot back and exits; that database is probed again every
+//! `PROBE_EVERY_MICROS`, or at once when a CREATE/ALTER EXTENSION commits
+//! there (the committing backend wakes us). Probes are spread out (a few per
+//! tick), so they never take every background worker slot at once. Each tick
+//! also wipes cache slots of databases that no longer exist (a standby
+//! replaying DROP DATABASE runs no hook).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,12 +18,18 @@ use pgrx::prelude::*;
 
 use super::registry::{self, State};
 use crate::catalog::now_micros;
+use crate::shmem;
 
 /// How often a database without the extension is looked at again (a
 /// standby learns of CREATE EXTENSION only this way).
 const PROBE_EVERY_MICROS: i64 = 30_000_000;
 /// How long a database whose worker could not start waits before a retry.
 const NO_SLOT_RETRY_MICROS: i64 = 10_000_000;
+/// Workers started per tick at most.
+const STARTS_PER_TICK: usize = 2;
+/// How soon a worker that stopped without saying why (an ERROR, a
+/// pg_terminate_backend) is started again.
+const RESTART_AFTER_MICROS: i64 = 2_000_000;
 
 pub fn register() {
     BackgroundWorkerBuilder::new("secret_vault launcher")
@@ -83,9 +93,9 @@ pub extern "C-unwind" fn secret_vault_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     registry::set_launcher_pid(unsafe { pg_sys::MyProcPid });
     pgrx::log!("secret_vault launcher started");
-    let mut running: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
+    let mut st = Launcher { running: HashMap::new(), next_probe: HashMap::new(), warned: Default::default() };
     loop {
-        tick(&mut running);
+        tick(&mut st);
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
             break;
         }
@@ -95,35 +105,83 @@ pub extern "C-unwind" fn secret_vault_launcher_main(_arg: pg_sys::Datum) {
     }
     registry::set_launcher_pid(0);
     pgrx::log!("secret_vault launcher stopping");
+    // A zero exit would unregister the launcher for good (after
+    // pg_terminate_backend, say); exit 1 and the postmaster starts it again.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
-fn tick(running: &mut HashMap<u32, DynamicBackgroundWorker>) {
+struct Launcher {
+    running: HashMap<u32, DynamicBackgroundWorker>,
+    next_probe: HashMap<u32, i64>,
+    warned: std::collections::HashSet<u32>,
+}
+
+fn alive(w: &DynamicBackgroundWorker) -> bool {
+    matches!(w.pid(), Ok(_) | Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted))
+}
+
+fn tick(st: &mut Launcher) {
     let dbs = databases();
-    running.retain(|db, w| dbs.contains(db) && w.pid().is_ok() || matches!(w.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted)));
-    for db in registry::assign(&dbs) {
-        pgrx::warning!("secret_vault: no worker registry slot for database {db}; raise max_worker_processes");
-    }
     let now = now_micros();
-    for slot in registry::all() {
-        let db = slot.database.load(Relaxed);
-        if running.contains_key(&db) {
+    let mut stopped = Vec::new();
+    st.running.retain(|db, w| {
+        let keep = dbs.contains(db) && alive(w);
+        if !keep {
+            stopped.push(*db);
+        }
+        keep
+    });
+    for db in stopped {
+        // Still holding its slot as idle: it did not exit for a reason of
+        // its own (no extension, outdated schema, suspended), so it comes back soon.
+        if registry::find(db).is_some_and(|s| s.state() == State::Idle) {
+            st.next_probe.insert(db, now + RESTART_AFTER_MICROS);
+        }
+    }
+    st.next_probe.retain(|db, _| dbs.contains(db));
+    registry::release_gone(&dbs);
+    // Keys of databases that no longer exist: wiped here too, so a standby
+    // (where no DROP DATABASE hook runs) never keeps them.
+    let gone: Vec<u32> = shmem::with_shared(|c| c.cached_groups())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, _)| k.database)
+        .filter(|db| !dbs.contains(db))
+        .collect();
+    for db in gone {
+        shmem::with_exclusive(|c| c.purge(db, None));
+    }
+    for db in registry::take_wanted() {
+        st.next_probe.insert(db, 0);
+    }
+    let mut started = 0;
+    for &db in &dbs {
+        if started >= STARTS_PER_TICK {
+            break;
+        }
+        if st.running.contains_key(&db) || st.next_probe.get(&db).is_some_and(|t| now < *t) {
             continue;
         }
-        let wanted = slot.wanted.swap(false, Relaxed);
-        let retry_at = slot.retry_at.load(Relaxed);
-        let suspended = slot.state() == State::Suspended && now < retry_at;
-        if suspended || (!wanted && now < retry_at) {
+        if registry::find(db).is_some_and(|s| s.state() == State::Suspended && now < s.retry_at.load(Relaxed)) {
             continue;
         }
+        let Some(slot) = registry::claim(db) else {
+            if st.warned.insert(db) {
+                pgrx::warning!("secret_vault: no worker registry slot for database {db}; raise max_worker_processes");
+            }
+            st.next_probe.insert(db, now + NO_SLOT_RETRY_MICROS);
+            continue;
+        };
+        started += 1;
         match start_worker(db) {
             Ok(w) => {
                 slot.set_state(State::Starting);
-                slot.retry_at.store(now + PROBE_EVERY_MICROS, Relaxed);
-                running.insert(db, w);
+                st.next_probe.insert(db, now + PROBE_EVERY_MICROS);
+                st.running.insert(db, w);
             }
             Err(e) => {
                 slot.set_state(State::NoSlot);
-                slot.retry_at.store(now + NO_SLOT_RETRY_MICROS, Relaxed);
+                st.next_probe.insert(db, now + NO_SLOT_RETRY_MICROS);
                 slot.set_last_error(&format!(
                     "could not start a worker ({e}): raise max_worker_processes (one per database with the extension, plus one)"
                 ));

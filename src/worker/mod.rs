@@ -73,6 +73,9 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         pgrx::log!("secret_vault worker: no registry slot for database {database}");
         return;
     };
+    // Clear the slot's pid however this process ends (an ERROR too), so
+    // nobody ever signals a pid the OS may have handed to another process.
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(slot as *const Slot as usize)) };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(database)), None);
     let pid = unsafe { pg_sys::MyProcPid };
     slot.pid.store(pid, Relaxed);
@@ -90,6 +93,12 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
     };
     loop {
         if let Some(exit) = w.tick() {
+            if exit == State::NotInstalled {
+                // Databases without the extension hold no slot.
+                slot.pid.store(0, Relaxed);
+                registry::release(slot);
+                return;
+            }
             slot.set_state(exit);
             break;
         }
@@ -101,10 +110,19 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
     }
-    if slot.state() == State::Running {
-        slot.set_state(State::Idle);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
+    // SAFETY: the datum is the address of this worker's registry slot, in
+    // shared memory that outlives the process.
+    let slot = unsafe { &*(arg.value() as *const Slot) };
+    if slot.pid.load(Relaxed) == unsafe { pg_sys::MyProcPid } {
+        if matches!(slot.state(), State::Running | State::Starting) {
+            slot.set_state(State::Idle);
+        }
+        slot.pid.store(0, Relaxed);
     }
-    slot.pid.store(0, Relaxed);
 }
 
 impl Worker {
@@ -127,6 +145,9 @@ impl Worker {
         self.forget_incarnation(Some(ident.extension));
         let writable = !unsafe { pg_sys::RecoveryInProgress() };
         if writable && guc::ROTATION.get() && Instant::now() >= self.rotate_not_before {
+            if let Err(e) = self.rebind_legacy() {
+                record_error(self.slot, "re-binding keys written by 0.1.0", e);
+            }
             match self.rotate_due().and_then(|_| self.rotate_due_secrets(&ident)) {
                 Ok(()) => self.rotate_backoff = Duration::ZERO,
                 Err(e) => {
@@ -163,6 +184,20 @@ impl Worker {
             self.secrets_fingerprint = None;
         }
         self.extension = now;
+    }
+
+    /// Re-binds ring keys wrapped by 0.1.0 (bound to group and version only)
+    /// to their group's purpose and key size, a batch per round, so that an
+    /// edited `purpose` makes upgraded keys unusable too. Unwrap and wrap
+    /// happen between transactions; the update is a compare-and-set.
+    fn rebind_legacy(&mut self) -> VaultResult<()> {
+        let rows = txn(|_| Spi::connect(|c| catalog::legacy_bound_keys(c, DUE_BATCH)))?;
+        for (group, row) in rows {
+            let key = kms::unwrap(&group, &row)?;
+            let (key_id, wrapped) = kms::rebind_ring_key(&group, row.version, &key)?;
+            txn(|_| Spi::connect_mut(|c| catalog::rebind_key(c, &group.id, row.version, &row.wrapped, &key_id, &wrapped)))?;
+        }
+        Ok(())
     }
 
     /// Rotates each due group once for its due time. The new key is made and
@@ -236,7 +271,10 @@ impl Worker {
             txn(|_| Spi::connect(|c| Ok::<_, VaultError>((catalog::group_sequences(c)?, secret_store::fingerprint(c)?))))?;
         // Secrets and names are cached per backend against the epoch: a
         // change the worker did not see committed here bumps it.
-        if self.secrets_fingerprint.is_some_and(|f| f != fingerprint) {
+        // The first sync of a worker cannot know what changed while no
+        // worker ran (a crash, a stop, a standby catching up): it assumes
+        // everything did.
+        if self.secrets_fingerprint != Some(fingerprint) {
             shmem::with_exclusive(|c| c.touch());
         }
         self.secrets_fingerprint = Some(fingerprint);

@@ -1,11 +1,14 @@
 //! The shared table of per-database workers: which database each slot
-//! serves, its process, its state and its last error. The launcher assigns
-//! slots; each worker writes its own; `vault.stats()` and `vault.workers`
+//! serves, its process, its state and its last error. The launcher claims a
+//! slot when it starts a worker; a worker that finds no extension in its
+//! database gives the slot back, so databases without the extension hold
+//! none. Each worker writes its own slot; `vault.stats()` and `vault.workers`
 //! read them. Sized by `max_worker_processes` (no more workers can exist).
 
+use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use pgrx::prelude::*;
 
@@ -61,11 +64,12 @@ pub struct Slot {
     pub last_error_at: AtomicI64,
     /// The launcher starts no worker here before this time (µs, PostgreSQL epoch).
     pub retry_at: AtomicI64,
-    /// Start one as soon as possible (CREATE or ALTER EXTENSION committed).
-    pub wanted: AtomicBool,
     last_error_len: AtomicU32,
-    last_error: [u8; LAST_ERROR_LEN],
+    last_error: UnsafeCell<[u8; LAST_ERROR_LEN]>,
 }
+
+// Shared memory; `last_error` is written only under the registry lock.
+unsafe impl Sync for Slot {}
 
 impl Slot {
     pub fn state(&self) -> State {
@@ -77,7 +81,9 @@ impl Slot {
     pub fn last_error(&self) -> Option<String> {
         with_lock(pg_sys::LWLockMode::LW_SHARED, || {
             let n = self.last_error_len.load(Relaxed) as usize;
-            (n > 0).then(|| String::from_utf8_lossy(&self.last_error[..n.min(LAST_ERROR_LEN)]).into_owned())
+            // SAFETY: readers hold the registry lock shared, writers exclusively.
+            let buf = unsafe { &*self.last_error.get() };
+            (n > 0).then(|| String::from_utf8_lossy(&buf[..n.min(LAST_ERROR_LEN)]).into_owned())
         })
     }
     pub fn set_last_error(&self, msg: &str) {
@@ -87,7 +93,7 @@ impl Slot {
         }
         with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
             // SAFETY: writers hold the registry lock exclusively.
-            let buf = unsafe { &mut *(self.last_error.as_ptr() as *mut [u8; LAST_ERROR_LEN]) };
+            let buf = unsafe { &mut *self.last_error.get() };
             buf[..n].copy_from_slice(&msg.as_bytes()[..n]);
             self.last_error_len.store(n as u32, Relaxed);
         });
@@ -101,15 +107,18 @@ impl Slot {
         }
         self.runs.store(0, Relaxed);
         self.errors.store(0, Relaxed);
-        self.wanted.store(false, Relaxed);
         self.last_error_len.store(0, Relaxed);
     }
 }
+
+const WANTED: usize = 32;
 
 #[repr(C)]
 struct Header {
     launcher_pid: AtomicI32,
     slots: u32,
+    /// Databases where CREATE/ALTER EXTENSION just committed (0 = empty).
+    wanted: [AtomicU32; WANTED],
 }
 
 static mut BASE: *mut Header = null_mut();
@@ -165,32 +174,41 @@ pub fn find(database: u32) -> Option<&'static Slot> {
     slots().iter().find(|s| s.database.load(Relaxed) == database)
 }
 
-/// Assigns slots to `databases` and frees those of databases that are gone.
-/// Returns the databases that got no slot (more databases than slots).
-pub fn assign(databases: &[u32]) -> Vec<u32> {
+/// The slot of `database`, claiming a free one if it has none.
+pub fn claim(database: u32) -> Option<&'static Slot> {
     with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
-        for s in slots() {
-            let db = s.database.load(Relaxed);
-            if db != 0 && !databases.contains(&db) && s.pid.load(Relaxed) == 0 {
-                s.clear();
-                s.database.store(0, Relaxed);
-            }
+        if let Some(s) = find(database) {
+            return Some(s);
         }
-        let mut unplaced = Vec::new();
-        for &db in databases {
-            if find(db).is_some() {
-                continue;
-            }
-            match slots().iter().find(|s| s.database.load(Relaxed) == 0) {
-                Some(s) => {
-                    s.clear();
-                    s.database.store(db, Relaxed);
-                }
-                None => unplaced.push(db),
-            }
-        }
-        unplaced
+        let s = slots().iter().find(|s| s.database.load(Relaxed) == 0)?;
+        s.clear();
+        s.database.store(database, Relaxed);
+        Some(s)
     })
+}
+
+/// Gives a slot back (its database has no extension, or is gone).
+pub fn release(slot: &Slot) {
+    with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        slot.clear();
+        slot.database.store(0, Relaxed);
+    })
+}
+
+/// Frees the slots of databases that no longer exist and have no process.
+pub fn release_gone(databases: &[u32]) {
+    for s in slots() {
+        let db = s.database.load(Relaxed);
+        if db != 0 && !databases.contains(&db) && s.pid.load(Relaxed) == 0 {
+            release(s);
+        }
+    }
+}
+
+/// Databases whose worker was asked for since the last call.
+pub fn take_wanted() -> Vec<u32> {
+    let Some(h) = (unsafe { BASE.as_ref() }) else { return Vec::new() };
+    h.wanted.iter().map(|w| w.swap(0, Relaxed)).filter(|db| *db != 0).collect()
 }
 
 /// Every assigned slot.
@@ -207,8 +225,9 @@ pub fn set_launcher_pid(pid: i32) {
 /// Asks the launcher to start a worker for `database` now (CREATE/ALTER
 /// EXTENSION committed there).
 pub fn want(database: u32) {
-    if let Some(s) = find(database) {
-        s.wanted.store(true, Relaxed);
+    if let Some(h) = unsafe { BASE.as_ref() } {
+        // A full list only delays the start to the next periodic probe.
+        let _ = h.wanted.iter().any(|w| w.compare_exchange(0, database, Relaxed, Relaxed).is_ok());
     }
     wake_launcher();
 }
@@ -230,7 +249,7 @@ pub fn wake_launcher() {
 pub fn suspend(database: u32, hold_micros: i64, wait: std::time::Duration) {
     let Some(s) = find(database) else { return };
     s.retry_at.store(crate::catalog::now_micros() + hold_micros, Relaxed);
-    s.wanted.store(false, Relaxed);
+    s.set_state(State::Suspended);
     let pid = s.pid.load(Relaxed);
     if pid <= 0 {
         return;
@@ -245,5 +264,4 @@ pub fn suspend(database: u32, hold_micros: i64, wait: std::time::Duration) {
         std::thread::sleep(std::time::Duration::from_millis(10));
         pg_sys::check_for_interrupts!();
     }
-    s.set_state(State::Suspended);
 }

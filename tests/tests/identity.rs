@@ -243,8 +243,42 @@ fn create_extension_refuses_a_schema_or_roles_someone_else_prepared() {
     assert_eq!(code(&mut su, "CREATE EXTENSION secret_vault"), "42710");
     su.batch_execute("REVOKE vault_owner FROM mallory").unwrap();
 
+    // a schema handed to a superuser in the same transaction proves nothing
+    let e = su
+        .batch_execute(
+            "BEGIN; SET ROLE mallory; CREATE SCHEMA vault; CREATE FUNCTION vault.current(varchar) RETURNS text LANGUAGE sql AS 'SELECT $1';
+             RESET ROLE; ALTER SCHEMA vault OWNER TO postgres; CREATE EXTENSION secret_vault; COMMIT;",
+        )
+        .unwrap_err();
+    assert_eq!(db_error(&e).0, "42P06");
+    su.batch_execute("ROLLBACK").unwrap();
+    let e = su.batch_execute("BEGIN; CREATE SCHEMA vault AUTHORIZATION mallory; CREATE EXTENSION secret_vault; COMMIT;").unwrap_err();
+    assert_eq!(db_error(&e).0, "42P06");
+    su.batch_execute("ROLLBACK").unwrap();
+
+    // default privileges of the installing role grant nothing on the vault
+    su.batch_execute(
+        "CREATE ROLE reporting LOGIN;
+         ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO reporting;
+         ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO reporting;",
+    )
+    .unwrap();
+
     // once the ground is clean the install works, and nothing runs as a superuser
     su.batch_execute("CREATE EXTENSION secret_vault").unwrap();
+    let leaked: i64 = su
+        .query_one(
+            "SELECT count(*) FROM (
+               SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'vault'::regnamespace
+                  AND has_table_privilege('reporting', c.oid, 'SELECT')
+               UNION ALL
+               SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'vault'::regnamespace
+                  AND has_function_privilege('reporting', p.oid, 'EXECUTE')) s",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0, "default privileges reached the vault");
     let owners: Vec<String> = su
         .query(
             "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.relnamespace = 'vault'::regnamespace
@@ -360,7 +394,7 @@ fn readers_cannot_open_or_forge_secret_values_and_tampered_purpose_fails_closed(
 }
 
 #[test]
-fn prepare_transaction_after_a_vault_change_is_refused_and_leaves_the_cache_coherent() {
+fn prepare_transaction_after_a_vault_change_is_refused() {
     let c = Cluster::start_with("prepare", &["max_prepared_transactions = 4"]);
     let mut a = c.client();
     let mut b = c.client();
@@ -377,6 +411,9 @@ fn prepare_transaction_after_a_vault_change_is_refused_and_leaves_the_cache_cohe
         assert_eq!(db_error(&e).0, "0A000", "{write}");
         let _ = a.batch_execute("ROLLBACK");
     }
+    let e = a.batch_execute("BEGIN; DROP EXTENSION secret_vault CASCADE; PREPARE TRANSACTION 'drop_tx';").unwrap_err();
+    assert_eq!(db_error(&e).0, "0A000", "DROP EXTENSION");
+    let _ = a.batch_execute("ROLLBACK");
     let prepared: i64 = a.query_one("SELECT count(*) FROM pg_prepared_xacts", &[]).unwrap().get(0);
     assert_eq!(prepared, 0);
     assert_eq!(current(&mut b, "p"), before, "nothing changed");
@@ -505,4 +542,79 @@ fn a_standby_session_that_stays_connected_follows_delete_recreate_and_drop() {
         s.query_one("SELECT vault.resolve('sig', 1)", &[]).is_err() && current(&mut s, "sig").0 == 2
     }));
     assert_eq!(db_error(&s.query_one("SELECT vault.resolve('sig', 1)", &[]).unwrap_err()).0, "55000");
+}
+
+#[test]
+fn only_a_database_owner_can_stop_its_worker_and_databases_without_the_extension_hold_no_worker() {
+    // Five worker slots (the logical replication launcher, ours, two vault
+    // databases, one to spare) and more databases than that.
+    let c = Cluster::start_with(
+        "many-dbs",
+        &["max_worker_processes = 5", "max_parallel_workers = 0", "secret_vault.worker_interval = 100ms"],
+    );
+    let mut su = c.client();
+    for i in 0..6 {
+        su.batch_execute(&format!("CREATE DATABASE plain_{i}")).unwrap();
+    }
+    su.batch_execute("CREATE DATABASE appdb; CREATE ROLE intruder LOGIN;").unwrap();
+    let mut app = c.client_db("appdb");
+    app.batch_execute("CREATE EXTENSION secret_vault").unwrap();
+    let pid = |db: &mut Client| -> Option<i32> { db.query_one("SELECT worker_pid FROM vault.stats()", &[]).unwrap().get(0) };
+    assert!(eventually(Duration::from_secs(30), || pid(&mut app).is_some()), "appdb got no worker");
+    let first = pid(&mut app).unwrap();
+    // probes of the plain databases come and go; none keeps a registry slot
+    std::thread::sleep(Duration::from_secs(3));
+    let held: i64 = su
+        .query_one("SELECT count(*) FROM vault.workers WHERE database LIKE 'plain_%' AND state = 'extension not installed'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "a database without the extension keeps a worker slot");
+    let running: Vec<String> = su
+        .query("SELECT database::text FROM vault.workers WHERE state = 'running' AND database NOT LIKE 'plain_%' ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(running, vec!["appdb".to_string(), "postgres".to_string()]);
+
+    // someone who may not drop or rename appdb cannot stop its worker by trying
+    let mut intruder =
+        Client::connect(&c.conninfo("postgres").replace("user=postgres", "user=intruder"), secret_vault_it::NoTls).unwrap();
+    for sql in ["DROP DATABASE appdb", "ALTER DATABASE appdb RENAME TO x", "CREATE DATABASE y TEMPLATE appdb"] {
+        assert!(intruder.batch_execute(sql).is_err(), "{sql}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pid(&mut app), Some(first), "an unprivileged DROP/RENAME/TEMPLATE stopped the worker");
+    // CREATE DATABASE ... TEMPLATE DEFAULT is not a database name
+    su.batch_execute("CREATE DATABASE z TEMPLATE DEFAULT").unwrap();
+}
+
+#[test]
+fn a_standby_whose_worker_restarts_still_follows_secret_changes_made_meanwhile() {
+    let primary = Cluster::start_with("restart-primary", &["secret_vault.worker_interval = 100ms"]);
+    let mut p = primary.client();
+    p.batch_execute("SELECT vault.create_secret('svc/key', 'before')").unwrap();
+    let standby = primary.standby("restart-standby", &["secret_vault.sync_interval = 200ms", "secret_vault.worker_interval = 100ms"]);
+    let mut s = standby.client();
+    assert!(eventually(Duration::from_secs(10), || {
+        s.query_one("SELECT vault.read_secret('svc/key')", &[]).map(|r| r.get::<_, String>(0) == "before").unwrap_or(false)
+    }));
+    for _ in 0..3 {
+        assert_eq!(read(&mut s, "svc/key"), "before");
+    }
+    // stop the standby's worker, change the secret while it is down
+    let mut admin = standby.client();
+    let stopped: bool = admin
+        .query_one(
+            "SELECT pg_terminate_backend(worker_pid) FROM vault.stats() WHERE worker_pid IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(stopped);
+    p.batch_execute("SELECT vault.delete_secret('svc/key'); SELECT vault.create_secret('svc/key', 'after');").unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || read(&mut s, "svc/key") == "after"),
+        "the standby session kept the old value after its worker came back"
+    );
 }
