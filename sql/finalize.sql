@@ -1,3 +1,24 @@
+-- The views over functions (they can only be made once the functions exist).
+-- Current values. Granted to no one: to let a role list every value,
+-- GRANT SELECT on it and EXECUTE on vault._open_secret (which refuses any
+-- caller without SELECT on this view).
+CREATE VIEW vault.decrypted_secrets AS
+SELECT s.id,
+       s.name,
+       s.description,
+       s.kind,
+       s.current_version AS version,
+       vault._open_secret(g.name, s.id, s.current_version, s.current_ciphertext) AS value,
+       s.created_at,
+       s.updated_at
+  FROM vault.secret_store s
+  JOIN vault.key_groups g ON g.id = s.key_group_id;
+ALTER VIEW vault.decrypted_secrets OWNER TO vault_owner;
+
+-- Per-database workers, for operators.
+CREATE VIEW vault.workers AS SELECT * FROM vault.worker_status();
+ALTER VIEW vault.workers OWNER TO vault_owner;
+
 -- Grants the extension did not make (default privileges of the installing
 -- role, ALTER DEFAULT PRIVILEGES ... GRANT ... TO someone) are taken back
 -- before the extension's own: nobody reads the vault tables or runs its
@@ -53,21 +74,6 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT ON vault.groups, vault.group_versions TO vault_reader, vault_admin;
 GRANT SELECT ON vault.kms_keys TO vault_admin;
 
--- Current values. Granted to no one: to let a role list every value,
--- GRANT SELECT on it and EXECUTE on vault._open_secret (which refuses any
--- caller without SELECT on this view).
-CREATE VIEW vault.decrypted_secrets AS
-SELECT s.id,
-       s.name,
-       s.description,
-       s.kind,
-       s.current_version AS version,
-       vault._open_secret(g.name, s.id, s.current_version, s.current_ciphertext) AS value,
-       s.created_at,
-       s.updated_at
-  FROM vault.secret_store s
-  JOIN vault.key_groups g ON g.id = s.key_group_id;
-ALTER VIEW vault.decrypted_secrets OWNER TO vault_owner;
 REVOKE ALL ON vault.decrypted_secrets FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vault FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA vault FROM PUBLIC;
@@ -89,8 +95,6 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT ON vault.secrets TO vault_reader, vault_admin;
 
 -- Per-database workers, for operators.
-CREATE VIEW vault.workers AS SELECT * FROM vault.worker_status();
-ALTER VIEW vault.workers OWNER TO vault_owner;
 REVOKE ALL ON vault.workers FROM PUBLIC;
 REVOKE ALL ON FUNCTION vault.worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vault.worker_status() TO vault_admin;

@@ -556,7 +556,8 @@ fn only_a_database_owner_can_stop_its_worker_and_databases_without_the_extension
     for i in 0..6 {
         su.batch_execute(&format!("CREATE DATABASE plain_{i}")).unwrap();
     }
-    su.batch_execute("CREATE DATABASE appdb; CREATE ROLE intruder LOGIN;").unwrap();
+    su.batch_execute("CREATE DATABASE appdb").unwrap();
+    su.batch_execute("CREATE ROLE intruder LOGIN").unwrap();
     let mut app = c.client_db("appdb");
     app.batch_execute("CREATE EXTENSION secret_vault").unwrap();
     let pid = |db: &mut Client| -> Option<i32> { db.query_one("SELECT worker_pid FROM vault.stats()", &[]).unwrap().get(0) };
