@@ -103,18 +103,6 @@ pub fn load_group_by_id(client: &SpiClient<'_>, id: &GroupId) -> VaultResult<Opt
     load_group_where(client, "id", uuid(id).into())
 }
 
-/// Locks a group's row against deletion until this transaction ends (the
-/// lock a foreign key check takes): a concurrent `drop_group` waits for us,
-/// then sees what we wrote. False if the group no longer exists.
-pub fn lock_group_key_share(client: &mut SpiClient<'_>, id: &GroupId) -> VaultResult<bool> {
-    let rows = client.update(
-        &sql("SELECT 1 FROM vault.key_groups WHERE id OPERATOR(pg_catalog.=) $1 FOR KEY SHARE")?,
-        Some(1),
-        &[uuid(id).into()],
-    )?;
-    Ok(!rows.is_empty())
-}
-
 /// Locks a group's row for deletion: waits for every transaction that
 /// sealed a secret under it (they hold KEY SHARE) to end.
 pub fn lock_group_for_drop(client: &mut SpiClient<'_>, id: &GroupId) -> VaultResult<bool> {
@@ -416,5 +404,10 @@ pub fn delete_group(client: &mut SpiClient<'_>, id: &GroupId) -> VaultResult<boo
 /// when it read through a fresh snapshot and the transaction has written
 /// nothing (so it cannot see its own uncommitted changes).
 pub fn may_fill_shared_cache() -> bool {
-    unsafe { !pg_sys::IsInParallelMode() && pg_sys::GetTopTransactionIdIfAny() == pg_sys::InvalidTransactionId }
+    !unsafe { pg_sys::IsInParallelMode() } && has_not_written()
+}
+
+/// Whether this transaction (for a parallel worker: its leader's) has written nothing.
+pub fn has_not_written() -> bool {
+    unsafe { pg_sys::GetTopTransactionIdIfAny() == pg_sys::InvalidTransactionId }
 }

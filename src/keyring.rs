@@ -244,8 +244,14 @@ fn load(
         })
     })?;
     let keys = unwrap_window(&window)?;
-    if let (true, Some(epoch)) = (cacheable && catalog::may_fill_shared_cache(), epoch) {
-        store(ident, epoch, &window, &keys);
+    if let (true, Some(epoch)) = (cacheable && catalog::has_not_written(), epoch) {
+        if catalog::may_fill_shared_cache() {
+            store(ident, epoch, &window, &keys);
+        }
+        // Parallel workers (and a leader in parallel mode) read through an
+        // older snapshot, so they never fill the shared cache; remembering
+        // the name is still safe: a slot only ever holds its own group's
+        // keys, so a stale mapping can only miss, never serve a wrong key.
         remember(name, window.group.id, epoch);
     }
     let Window { group, rows, low: window_low } = window;

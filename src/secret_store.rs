@@ -293,6 +293,20 @@ pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> Va
         .collect()
 }
 
+/// Locks a group's row against deletion until this transaction ends (the
+/// lock a foreign key check takes): a concurrent `drop_group` waits for us,
+/// then sees what we wrote. False if the group no longer exists. Prepared
+/// once per backend: it is on every `create_secret`.
+pub fn lock_group(client: &mut SpiClient<'_>, group_id: &Id) -> VaultResult<bool> {
+    let rows = update(
+        client,
+        "SELECT 1 FROM vault.key_groups WHERE id OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+        &[UUID],
+        &[uuid(group_id).into()],
+    )?;
+    Ok(!rows.is_empty())
+}
+
 /// Whether any secret is sealed under the group (it may then not be dropped).
 pub fn group_in_use(client: &SpiClient<'_>, group_id: &Id) -> VaultResult<bool> {
     let rows = select(

@@ -155,7 +155,7 @@ fn create(
         let sealing = seal_key(client, key_group, &mut key)?;
         // Hold the group against a concurrent drop_group until we commit (it
         // waits, then sees this secret); a group dropped meanwhile is gone.
-        if !catalog::lock_group_key_share(client, &sealing.group_id)? {
+        if !secret_store::lock_group(client, &sealing.group_id)? {
             return Err(VaultError::GroupNotFound(key_group.unwrap_or(DEFAULT_GROUP).to_string()));
         }
         let id = secret_vault_core::keys::random_uuid_v4();

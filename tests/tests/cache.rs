@@ -313,6 +313,36 @@ fn ten_thousand_hot_path_calls_make_no_kms_call() {
 }
 
 #[test]
+fn a_parallel_scan_decrypts_from_the_cache_without_kms_calls() {
+    let c = Cluster::start_with("parallel", &["max_worker_processes = 8", "max_parallel_workers_per_gather = 2"]);
+    let mut db = c.client();
+    db.execute("SELECT vault.create_group('par/col', 'encrypt')", &[]).unwrap();
+    db.batch_execute(
+        "CREATE TABLE par AS SELECT i, vault.encrypt('par/col', int4send(i)) AS ct FROM generate_series(1, 20000) i;
+         ANALYZE par;",
+    )
+    .unwrap();
+    db.query_one("SELECT vault.decrypt('par/col', ct) FROM par LIMIT 1", &[]).unwrap();
+    let kms = stat(&mut db, "kms_calls");
+    let setup = "SET max_parallel_workers_per_gather = 2; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
+                 SET min_parallel_table_scan_size = 0; SET parallel_leader_participation = off;";
+    db.batch_execute(setup).unwrap();
+    let plan: Vec<String> = db
+        .query("EXPLAIN SELECT sum(length(vault.decrypt('par/col', ct))) FROM par", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(plan.iter().any(|l| l.contains("Gather")), "{plan:?}");
+    for _ in 0..2 {
+        let n: i64 = db.query_one("SELECT sum(length(vault.decrypt('par/col', ct)))::bigint FROM par", &[]).unwrap().get(0);
+        assert_eq!(n, 80_000);
+    }
+    // each parallel worker may load the group once; never once per row
+    assert!(stat(&mut db, "kms_calls") - kms <= 8, "parallel workers reached the KMS per row");
+}
+
+#[test]
 fn key_cache_is_excluded_from_core_dumps() {
     let c = Cluster::start_with_extension("dontdump");
     let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", c.postmaster_pid())).unwrap();
