@@ -28,25 +28,56 @@ use crate::{coherence, guc, kms, shmem};
 /// Bound on the name map (entries); past it, the map starts over.
 const NAMES_MAX: usize = 10_000;
 
-/// This backend's names, valid for one shared epoch and one identity.
+/// FNV-1a: the map holds only names that resolved to an existing group
+/// (chosen by administrators), and the hot path hashes one per call.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// This backend's names, valid for one shared epoch and one identity. A
+/// remembered name is a hint: the slot it leads to only ever holds that
+/// group's own committed keys, and a miss always resolves the name again.
 struct Names {
     epoch: u64,
     generation: u64,
-    map: HashMap<String, GroupId>,
+    map: HashMap<String, GroupId, std::hash::BuildHasherDefault<Fnv>>,
+    /// The last name looked up and its id: a scan calls with one name.
+    last: Option<(String, GroupId)>,
 }
 
 thread_local! {
-    static NAMES: RefCell<Names> = RefCell::new(Names { epoch: u64::MAX, generation: u64::MAX, map: HashMap::new() });
+    static NAMES: RefCell<Names> =
+        RefCell::new(Names { epoch: u64::MAX, generation: u64::MAX, map: HashMap::default(), last: None });
 }
 
 /// The group id `name` resolved to, if this backend knows it for `epoch`.
 fn named(name: &str, epoch: u64) -> Option<GroupId> {
     NAMES.with(|n| {
-        let n = n.borrow();
+        let mut n = n.borrow_mut();
         if n.epoch != epoch || n.generation != identity::generation() {
             return None;
         }
-        n.map.get(name).copied()
+        if let Some((last, id)) = &n.last {
+            if last == name {
+                return Some(*id);
+            }
+        }
+        let id = *n.map.get(name)?;
+        n.last = Some((name.to_string(), id));
+        Some(id)
     })
 }
 
@@ -57,6 +88,7 @@ fn remember(name: &str, id: GroupId, epoch: u64) {
         let generation = identity::generation();
         if n.epoch != epoch || n.generation != generation || n.map.len() >= NAMES_MAX {
             n.map.clear();
+            n.last = None;
             n.epoch = epoch;
             n.generation = generation;
         }
@@ -243,15 +275,35 @@ fn load(
             Ok(w)
         })
     })?;
+    // The name was unknown here (a new session, or the epoch moved), but the
+    // group may well be in shared memory already: if its slot was loaded
+    // from the very row just read, answer from it, without the KMS.
+    if cacheable {
+        let slot = probe_cache(&ident.cache_key(window.group.id), want, out);
+        if let Some((info, probe)) = slot.filter(|(i, _)| {
+            i.change_seq == window.group.change_seq && i.purpose == purpose_code(purpose)
+        }) {
+            if let Some(e) = epoch {
+                remember(name, window.group.id, e);
+            }
+            return match probe {
+                Probe::Hit(version) => Ok(Resolved { group_id: info.group_id, version }),
+                Probe::Retired => Err(retired(name, want)),
+                Probe::Miss => unreachable!("probe_cache filters misses"),
+            };
+        }
+    }
     let keys = unwrap_window(&window)?;
-    if let (true, Some(epoch)) = (cacheable && catalog::has_not_written(), epoch) {
+    if let (true, Some(epoch)) = (cacheable, epoch) {
         if catalog::may_fill_shared_cache() {
             store(ident, epoch, &window, &keys);
         }
-        // Parallel workers (and a leader in parallel mode) read through an
-        // older snapshot, so they never fill the shared cache; remembering
-        // the name is still safe: a slot only ever holds its own group's
-        // keys, so a stale mapping can only miss, never serve a wrong key.
+        // Only a transaction that has written nothing and reads through a
+        // fresh snapshot may fill the shared cache. Remembering the name is
+        // safe for any other (a writer, a parallel worker): a slot only ever
+        // holds its own group's committed keys, so a stale or uncommitted
+        // mapping can only miss, never serve a wrong key; names this
+        // transaction changed never get here (they bypass the cache).
         remember(name, window.group.id, epoch);
     }
     let Window { group, rows, low: window_low } = window;

@@ -151,11 +151,16 @@ fn tick(st: &mut Launcher) {
     for db in gone {
         shmem::with_exclusive(|c| c.purge(db, None));
     }
-    for db in registry::take_wanted() {
+    let wanted = registry::take_wanted();
+    for &db in &wanted {
         st.next_probe.insert(db, 0);
     }
+    // Databases just asked for, then those known to have the extension (they
+    // hold a registry slot), then the rest: probes never crowd out a vault.
+    let mut order: Vec<u32> = dbs.clone();
+    order.sort_by_key(|db| (!wanted.contains(db), registry::find(*db).is_none()));
     let mut started = 0;
-    for &db in &dbs {
+    for db in order {
         if started >= STARTS_PER_TICK {
             break;
         }
@@ -165,6 +170,7 @@ fn tick(st: &mut Launcher) {
         if registry::find(db).is_some_and(|s| s.state() == State::Suspended && now < s.retry_at.load(Relaxed)) {
             continue;
         }
+        let known = registry::find(db).is_some();
         let Some(slot) = registry::claim(db) else {
             if st.warned.insert(db) {
                 pgrx::warning!("secret_vault: no worker registry slot for database {db}; raise max_worker_processes");
@@ -179,9 +185,14 @@ fn tick(st: &mut Launcher) {
                 st.next_probe.insert(db, now + PROBE_EVERY_MICROS);
                 st.running.insert(db, w);
             }
+            Err(_) if !known => {
+                // Only a probe: nothing says this database has the extension.
+                registry::release(slot);
+                st.next_probe.insert(db, now + RESTART_AFTER_MICROS);
+            }
             Err(e) => {
                 slot.set_state(State::NoSlot);
-                st.next_probe.insert(db, now + NO_SLOT_RETRY_MICROS);
+                st.next_probe.insert(db, now + RESTART_AFTER_MICROS);
                 slot.set_last_error(&format!(
                     "could not start a worker ({e}): raise max_worker_processes (one per database with the extension, plus one)"
                 ));
