@@ -27,5 +27,16 @@ SELECT vault.rotate_secret('demo/webhook') AS rotated_to;
 SELECT vault.verify_secret('demo/webhook', v) AS old_value_in_grace FROM demo_old;
 SELECT version, state FROM vault.secret_versions('demo/webhook');
 SELECT name, kind, key_group, current_version FROM vault.secrets ORDER BY name;
+\echo '== one background worker per database with the extension'
+\o /dev/null
+-- CREATE EXTENSION wakes the launcher; give it a moment on a fresh cluster.
+DO $$ BEGIN
+    FOR i IN 1..50 LOOP
+        EXIT WHEN (SELECT worker_pid IS NOT NULL FROM vault.stats());
+        PERFORM pg_catalog.pg_sleep(0.1);
+    END LOOP;
+END $$;
+\o
+SELECT database, state, pid IS NOT NULL AS has_pid FROM vault.workers ORDER BY database;
 \echo '== counters since server start (the hot path does not reach the KMS)'
 SELECT cache_hits, cache_misses, kms_calls, rotations, cached_groups, worker_pid IS NOT NULL AS worker_running FROM vault.stats();
