@@ -16,7 +16,7 @@
 //! the keys of the one it replaced.
 
 use std::mem::size_of;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use zeroize::Zeroize;
 
@@ -41,15 +41,17 @@ pub struct Counters {
     pub rotations: AtomicU64,
     pub invalidations: AtomicU64,
     pub fills: AtomicU64,
-    pub worker_runs: AtomicU64,
-    pub worker_errors: AtomicU64,
-    pub worker_pid: AtomicI64,
-    /// PostgreSQL timestamps (µs since 2000-01-01); 0 = never.
-    pub worker_last_run: AtomicI64,
-    pub worker_last_error_at: AtomicI64,
 }
 
-pub const LAST_ERROR_LEN: usize = 256;
+/// The longest prefix of `msg` of at most `max` bytes that ends on a
+/// character boundary: for fixed-size message buffers in shared memory.
+pub fn truncate_on_char_boundary(msg: &str, max: usize) -> &str {
+    let mut n = msg.len().min(max);
+    while !msg.is_char_boundary(n) {
+        n -= 1;
+    }
+    &msg[..n]
+}
 
 #[repr(C)]
 struct Header {
@@ -59,8 +61,6 @@ struct Header {
     epoch: AtomicU64,
     clock: AtomicU64,
     counters: Counters,
-    last_error_len: u64,
-    last_error: [u8; LAST_ERROR_LEN],
 }
 
 #[repr(C)]
@@ -481,22 +481,6 @@ impl RingCache {
         self.counters().fills.fetch_add(1, Ordering::Relaxed);
         FillOutcome::Filled { evicted }
     }
-
-    /// The worker's last error message (caller holds the lock).
-    pub fn last_error(&self) -> String {
-        let h = self.header();
-        String::from_utf8_lossy(&h.last_error[..h.last_error_len as usize]).into_owned()
-    }
-
-    pub fn set_last_error(&mut self, msg: &str) {
-        let mut n = msg.len().min(LAST_ERROR_LEN);
-        while !msg.is_char_boundary(n) {
-            n -= 1;
-        }
-        let h = self.header_mut();
-        h.last_error[..n].copy_from_slice(&msg.as_bytes()[..n]);
-        h.last_error_len = n as u64;
-    }
 }
 
 #[cfg(test)]
@@ -682,10 +666,11 @@ mod tests {
 
     #[test]
     fn last_error_is_truncated_on_a_char_boundary() {
-        let mut r = region(1, 1);
         let msg = "é".repeat(200);
-        r.cache.set_last_error(&msg);
-        let got = r.cache.last_error();
-        assert!(got.len() <= LAST_ERROR_LEN && msg.starts_with(&got));
+        let got = truncate_on_char_boundary(&msg, 256);
+        assert!(got.len() <= 256 && msg.starts_with(got));
+        assert_eq!(got.len(), 256, "2-byte characters fill 256 bytes exactly");
+        let odd = truncate_on_char_boundary(&msg, 255);
+        assert_eq!(odd.len(), 254, "never cut a character in half");
     }
 }

@@ -14,7 +14,7 @@ pub mod registry;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering::{self, Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -47,11 +47,6 @@ fn record_error(slot: &Slot, context: &str, e: VaultError) {
     pgrx::log!("secret_vault worker: {msg}");
     slot.set_last_error(&msg);
     slot.errors.fetch_add(1, Relaxed);
-    shmem::with_exclusive(|c| c.set_last_error(&msg));
-    shmem::bump(|c| {
-        c.worker_errors.fetch_add(1, Ordering::Relaxed);
-        c.worker_last_error_at.store(catalog::now_micros(), Ordering::Relaxed);
-    });
 }
 
 struct Worker {
@@ -168,10 +163,6 @@ impl Worker {
         }
         self.slot.runs.fetch_add(1, Relaxed);
         self.slot.last_run.store(catalog::now_micros(), Relaxed);
-        shmem::bump(|c| {
-            c.worker_runs.fetch_add(1, Ordering::Relaxed);
-            c.worker_last_run.store(catalog::now_micros(), Ordering::Relaxed);
-        });
         None
     }
 

@@ -87,10 +87,8 @@ impl Slot {
         })
     }
     pub fn set_last_error(&self, msg: &str) {
-        let mut n = msg.len().min(LAST_ERROR_LEN);
-        while !msg.is_char_boundary(n) {
-            n -= 1;
-        }
+        let msg = secret_vault_core::cache::truncate_on_char_boundary(msg, LAST_ERROR_LEN);
+        let n = msg.len();
         with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
             // SAFETY: writers hold the registry lock exclusively.
             let buf = unsafe { &mut *self.last_error.get() };
