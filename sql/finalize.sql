@@ -19,6 +19,25 @@ ALTER VIEW vault.decrypted_secrets OWNER TO vault_owner;
 CREATE VIEW vault.workers AS SELECT * FROM vault.worker_status();
 ALTER VIEW vault.workers OWNER TO vault_owner;
 
+-- Items the workers failed on (a group that cannot rotate, a secret whose
+-- key group is gone...), with names for this database.
+CREATE VIEW vault.worker_failures AS
+SELECT d.datname AS database,
+       f.kind,
+       f.object_id,
+       CASE WHEN d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() THEN
+           coalesce((SELECT g.name FROM vault.key_groups g WHERE g.id OPERATOR(pg_catalog.=) f.object_id),
+                    (SELECT s.name FROM vault.secret_store s WHERE s.id OPERATOR(pg_catalog.=) f.object_id))
+       END AS object,
+       f.failures,
+       f.first_failed_at,
+       f.last_failed_at,
+       f.next_attempt_at,
+       f.last_error
+  FROM vault.worker_item_failures() f
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) f.database;
+ALTER VIEW vault.worker_failures OWNER TO vault_owner;
+
 -- Grants the extension did not make (default privileges of the installing
 -- role, ALTER DEFAULT PRIVILEGES ... GRANT ... TO someone) are taken back
 -- before the extension's own: nobody reads the vault tables or runs its
@@ -99,6 +118,10 @@ REVOKE ALL ON vault.workers FROM PUBLIC;
 REVOKE ALL ON FUNCTION vault.worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vault.worker_status() TO vault_admin;
 GRANT SELECT ON vault.workers TO vault_admin;
+REVOKE ALL ON vault.worker_failures FROM PUBLIC;
+REVOKE ALL ON FUNCTION vault.worker_item_failures() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.worker_item_failures() TO vault_admin;
+GRANT SELECT ON vault.worker_failures TO vault_admin;
 
 -- SECURITY DEFINER functions run as vault_owner, never as the superuser who
 -- ran CREATE EXTENSION.

@@ -48,6 +48,10 @@ pub fn now_micros() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
+pub(crate) fn uuids(ids: &[GroupId]) -> Vec<Uuid> {
+    ids.iter().map(uuid).collect()
+}
+
 pub(crate) fn uuid(id: &GroupId) -> Uuid {
     Uuid::from_bytes(*id)
 }
@@ -119,18 +123,27 @@ pub fn group(client: &SpiClient<'_>, name: &str) -> VaultResult<GroupRow> {
 }
 
 /// Groups whose scheduled rotation is due at `now`, oldest due first.
-pub fn due_groups(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> VaultResult<Vec<(GroupRow, TimestampWithTimeZone)>> {
+/// Groups due for rotation, oldest due first, leaving out `skip` (groups
+/// whose last attempt failed and that are still backing off), so that a
+/// group that keeps failing never holds the others back.
+pub fn due_groups(
+    client: &SpiClient<'_>,
+    now: TimestampWithTimeZone,
+    limit: i64,
+    skip: &[GroupId],
+) -> VaultResult<Vec<(GroupRow, TimestampWithTimeZone)>> {
     let rows = client.select(
         &sql(&format!(
             "SELECT {GROUP_COLUMNS}, g.next_rotation_at
                FROM vault.key_groups g
                JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
               WHERE g.next_rotation_at OPERATOR(pg_catalog.<=) $1
+                AND NOT (g.id OPERATOR(pg_catalog.=) ANY ($3))
               ORDER BY g.next_rotation_at
               LIMIT $2"
         ))?,
         None,
-        &[now.into(), limit.into()],
+        &[now.into(), limit.into(), uuids(skip).into()],
     )?;
     rows.into_iter()
         .map(|row| {
@@ -185,7 +198,7 @@ fn key_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<KeyRow> {
 }
 
 /// Ring keys still bound the 0.1.0 way (group and version only), with their groups.
-pub fn legacy_bound_keys(client: &SpiClient<'_>, limit: i64) -> VaultResult<Vec<(GroupRow, KeyRow)>> {
+pub fn legacy_bound_keys(client: &SpiClient<'_>, limit: i64, skip: &[GroupId]) -> VaultResult<Vec<(GroupRow, KeyRow)>> {
     let rows = client.select(
         &sql(&format!(
             "SELECT {GROUP_COLUMNS}, r.version, r.activates_at, r.retired_at IS NOT NULL, r.kms_key_id, r.wrapped_key, r.binding
@@ -193,10 +206,11 @@ pub fn legacy_bound_keys(client: &SpiClient<'_>, limit: i64) -> VaultResult<Vec<
                JOIN vault.key_groups g ON g.id OPERATOR(pg_catalog.=) r.group_id
                JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
               WHERE r.binding OPERATOR(pg_catalog.=) 1
+                AND NOT (g.id OPERATOR(pg_catalog.=) ANY ($2))
               LIMIT $1"
         ))?,
         None,
-        &[limit.into()],
+        &[limit.into(), uuids(skip).into()],
     )?;
     rows.into_iter()
         .map(|row| {
@@ -410,4 +424,29 @@ pub fn may_fill_shared_cache() -> bool {
 /// Whether this transaction (for a parallel worker: its leader's) has written nothing.
 pub fn has_not_written() -> bool {
     unsafe { pg_sys::GetTopTransactionIdIfAny() == pg_sys::InvalidTransactionId }
+}
+
+/// Checks a schedule interval with PostgreSQL's own calendar arithmetic
+/// (months of their real length, from now): the next due time must exist
+/// and, for `positive`, lie after now. Run after the bounds check in core,
+/// so this catches only what the calendar alone decides.
+pub fn check_schedule(what: &str, iv: &Interval, positive: bool) -> VaultResult<()> {
+    let now = clock();
+    let at = PgTryBuilder::new(|| unsafe {
+        pgrx::direct_function_call::<TimestampWithTimeZone>(
+            pg_sys::timestamptz_pl_interval,
+            &[now.into_datum(), iv.clone().into_datum()],
+        )
+    })
+    .catch_others(|_| None)
+    .execute();
+    match at {
+        None => Err(VaultError::Policy(secret_vault_core::PolicyError::Invalid(format!(
+            "{what} is out of range: now plus it is not a valid timestamp"
+        )))),
+        Some(at) if positive && at <= now => Err(VaultError::Policy(secret_vault_core::PolicyError::Invalid(format!(
+            "{what} must be longer than zero"
+        )))),
+        Some(_) => Ok(()),
+    }
 }

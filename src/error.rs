@@ -30,6 +30,8 @@ pub enum VaultError {
     PermissionDenied(&'static str),
     NotInstalled,
     SchemaVersion { installed: String, library: &'static str },
+    /// A PostgreSQL error caught where a process must survive it (the worker).
+    Postgres { code: PgSqlErrorCode, message: String },
     Internal(String),
 }
 
@@ -178,6 +180,7 @@ impl VaultError {
                 format!("secret_vault {installed} is installed in this database, but the server runs library {library}"),
                 Some("Run: ALTER EXTENSION secret_vault UPDATE;".into()),
             ),
+            VaultError::Postgres { code, message } => (code, message, None),
             VaultError::Internal(m) => (ERRCODE_INTERNAL_ERROR, m, None),
         };
         let report = ErrorReport::new(code, message, "secret_vault");

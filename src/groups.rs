@@ -41,6 +41,10 @@ fn create_group_impl(
     };
     policy::validate_name("key group", name)?;
     settings.validate()?;
+    if let Some(iv) = &rotation_interval {
+        catalog::check_schedule("rotation_interval", iv, true)?;
+    }
+    catalog::check_schedule("propagation_delay", &propagation_delay, false)?;
 
     Spi::connect_mut(|client| {
         if catalog::load_group(client, name)?.is_some() {

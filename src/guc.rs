@@ -33,6 +33,9 @@ pub static WORKER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// How often the worker compares the cache with the tables, milliseconds.
 pub static SYNC_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// Superseded values kept per secret after their grace window ends.
+pub static SECRET_VERSIONS_KEPT: GucSetting<i32> = GucSetting::<i32>::new(10);
+
 /// File name of the embedded default master key, relative to the data directory.
 pub const DEFAULT_LOCAL_KEY_FILE: &str = "secret_vault_master.key";
 
@@ -92,6 +95,17 @@ pub fn init() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.secret_versions_kept",
+        c"Superseded values of each secret kept after their grace window ends.",
+        c"Older ones are deleted at the next update or rotation of the secret, and by the worker. \
+          Values still inside their grace window are always kept.",
+        &SECRET_VERSIONS_KEPT,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"secret_vault.local_master_key_file",

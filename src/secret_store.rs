@@ -255,7 +255,41 @@ pub fn claim_next(
         &[TEXT, INT4, TSTZ, BYTEA],
         &[name.into(), next.into(), now.into(), ct.into()],
     )?;
+    // Superseded values past their grace window, beyond the newest ones
+    // kept, go now: nothing can verify or read them any more.
+    update(
+        client,
+        "DELETE FROM vault.secret_values v
+          USING vault.secret_store s
+          WHERE s.name OPERATOR(pg_catalog.=) $1 AND v.secret_id OPERATOR(pg_catalog.=) s.id
+            AND v.valid_until OPERATOR(pg_catalog.<=) $2
+            AND v.version OPERATOR(pg_catalog.<) (s.current_version OPERATOR(pg_catalog.-) $3)",
+        &[TEXT, TSTZ, INT4],
+        &[name.into(), now.into(), crate::guc::SECRET_VERSIONS_KEPT.get().into()],
+    )?;
     Ok(true)
+}
+
+/// Deletes, for every secret, the superseded values whose grace window has
+/// ended, beyond the newest `kept`; at most `limit` rows per call, so one
+/// pass never holds many row locks. Returns how many went.
+pub fn prune(client: &mut SpiClient<'_>, now: TimestampWithTimeZone, kept: i32, limit: i64) -> VaultResult<usize> {
+    let rows = update(
+        client,
+        "DELETE FROM vault.secret_values
+          WHERE (secret_id, version) IN (
+                SELECT v.secret_id, v.version
+                  FROM vault.secret_values v
+                  JOIN vault.secret_store s ON s.id OPERATOR(pg_catalog.=) v.secret_id
+                 WHERE v.valid_until OPERATOR(pg_catalog.<=) $1
+                   AND v.version OPERATOR(pg_catalog.<) (s.current_version OPERATOR(pg_catalog.-) $2)
+                 LIMIT $3
+                   FOR UPDATE OF v SKIP LOCKED)
+         RETURNING 1",
+        &[TSTZ, INT4, INT8],
+        &[now.into(), kept.into(), limit.into()],
+    )?;
+    Ok(rows.len())
 }
 
 /// Deletes a secret; its superseded values go with it (ON DELETE CASCADE,
@@ -272,7 +306,9 @@ pub fn delete(client: &mut SpiClient<'_>, name: &str) -> VaultResult<bool> {
 }
 
 /// Rotating secrets due at `now`, with their due time.
-pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> VaultResult<Vec<(SecretRow, TimestampWithTimeZone)>> {
+/// Rotating secrets that are due, oldest first, leaving out `skip` (still
+/// backing off after a failure).
+pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64, skip: &[Id]) -> VaultResult<Vec<(SecretRow, TimestampWithTimeZone)>> {
     let rows = select(
         client,
         "SELECT s.id, s.name, s.kind, g.name, s.current_version, s.generator, s.current_ciphertext, s.key_group_id,
@@ -280,10 +316,11 @@ pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> Va
            FROM vault.secret_store s
            JOIN vault.key_groups g ON g.id OPERATOR(pg_catalog.=) s.key_group_id
           WHERE s.next_rotation_at OPERATOR(pg_catalog.<=) $1
+            AND NOT (s.id OPERATOR(pg_catalog.=) ANY ($3))
           ORDER BY s.next_rotation_at
           LIMIT $2",
-        &[TSTZ, INT8],
-        &[now.into(), limit.into()],
+        &[TSTZ, INT8, pg_sys::UUIDARRAYOID],
+        &[now.into(), limit.into(), crate::catalog::uuids(skip).into()],
     )?;
     rows.into_iter()
         .map(|r| {

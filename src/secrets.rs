@@ -217,12 +217,10 @@ fn create_rotating_secret(
         let interval = required(rotation_interval, "rotation_interval")?;
         let grace = required(grace_period, "grace_period")?;
         let spec = required(generator, "generator")?;
-        if span(&interval).approx_micros() <= 0 {
-            return Err(PolicyError::Invalid("rotation_interval must be positive".into()).into());
-        }
-        if span(&grace).approx_micros() < 0 {
-            return Err(PolicyError::Invalid("grace_period must not be negative".into()).into());
-        }
+        policy::validate_interval("rotation_interval", span(&interval), true)?;
+        policy::validate_interval("grace_period", span(&grace), false)?;
+        catalog::check_schedule("rotation_interval", &interval, true)?;
+        catalog::check_schedule("grace_period", &grace, false)?;
         let value = Generator::parse(spec)?.generate();
         create(name, "rotating", &value, description, key_group, Some(interval), Some(grace), Some(spec))
     })()

@@ -112,3 +112,43 @@ fn worker_status() -> TableIterator<'static, (
         .collect();
     TableIterator::new(rows)
 }
+
+/// Items the workers failed on and are backing off from: one row per
+/// (database, kind, group or secret), with the error and the next attempt.
+/// The view `vault.worker_failures` adds names for this database. As with
+/// `worker_status`, a non-superuser sees only this database's rows.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn worker_item_failures() -> TableIterator<'static, (
+    name!(database, pg_sys::Oid),
+    name!(kind, String),
+    name!(object_id, pgrx::Uuid),
+    name!(failures, i64),
+    name!(first_failed_at, Option<TimestampWithTimeZone>),
+    name!(last_failed_at, Option<TimestampWithTimeZone>),
+    name!(next_attempt_at, Option<TimestampWithTimeZone>),
+    name!(last_error, String),
+)> {
+    let everything = unsafe { pg_sys::superuser() };
+    let here = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let mut rows = Vec::new();
+    for w in registry::all() {
+        let db = w.database.load(Ordering::Relaxed);
+        if !everything && db != here {
+            continue;
+        }
+        for f in w.failures() {
+            rows.push((
+                pg_sys::Oid::from(db),
+                f.kind.label().to_string(),
+                pgrx::Uuid::from_bytes(f.id),
+                f.failures as i64,
+                ts(f.first_at),
+                ts(f.last_at),
+                ts(f.next_attempt),
+                f.error(),
+            ));
+        }
+    }
+    TableIterator::new(rows)
+}

@@ -57,6 +57,31 @@ impl Span {
     }
 }
 
+/// The longest interval a schedule may use. Beyond it a schedule means
+/// "never" and should be NULL (manual) instead; and every due time stays
+/// far inside PostgreSQL's timestamp range, whatever the start.
+pub const MAX_INTERVAL: Span = Span { months: 100 * 12, days: 0, micros: 0 };
+pub const MAX_INTERVAL_TEXT: &str = "100 years";
+
+/// Checks one schedule interval: no negative part (a month minus 40 days is
+/// positive in some months and negative in others), at most
+/// [`MAX_INTERVAL`], and, when `positive`, longer than zero.
+pub fn validate_interval(what: &str, s: Span, positive: bool) -> Result<(), PolicyError> {
+    if s.months < 0 || s.days < 0 || s.micros < 0 {
+        return Err(PolicyError::Invalid(format!("{what} must not be negative or have negative parts")));
+    }
+    if positive && s.approx_micros() == 0 {
+        return Err(PolicyError::Invalid(format!("{what} must be longer than zero")));
+    }
+    // One measure for all three fields, in 1/1200 days: a month is a
+    // twelfth of an average Gregorian year (36525 days per century).
+    let scaled = s.months as i128 * 36525 + s.days as i128 * 1200 + s.micros as i128 * 1200 / USECS_PER_DAY as i128;
+    if scaled > 36525 * 1200 {
+        return Err(PolicyError::Invalid(format!("{what} must be at most {MAX_INTERVAL_TEXT}")));
+    }
+    Ok(())
+}
+
 /// Validates a name for a key group or secret: non-empty, bounded, no control
 /// characters. Names are shown in errors, so they must print safely.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), PolicyError> {
@@ -90,13 +115,9 @@ impl GroupSettings {
     pub fn validate(&self) -> Result<(), PolicyError> {
         let bad = |m: String| Err(PolicyError::Invalid(m));
         if let Some(iv) = self.rotation_interval {
-            if iv.approx_micros() <= 0 {
-                return bad("rotation_interval must be positive, or NULL for manual rotation only".into());
-            }
+            validate_interval("rotation_interval (NULL for manual rotation only)", iv, true)?;
         }
-        if self.propagation_delay.approx_micros() < 0 {
-            return bad("propagation_delay must not be negative".into());
-        }
+        validate_interval("propagation_delay", self.propagation_delay, false)?;
         if !(1..=MAX_RING_SIZE).contains(&self.ring_size) {
             return bad(format!("ring_size must be between 1 and {MAX_RING_SIZE}"));
         }
@@ -227,5 +248,19 @@ mod tests {
         assert!(check_retire(4, Some(3)).is_err());
         assert!(check_retire(0, Some(3)).is_err());
         assert!(check_retire(1, None).is_err());
+    }
+
+    #[test]
+    fn intervals_refuse_negative_parts_zero_and_more_than_a_century() {
+        let iv = |months, days, micros| Span { months, days, micros };
+        assert!(validate_interval("x", iv(0, 0, 1), true).is_ok());
+        assert!(validate_interval("x", iv(1200, 0, 0), true).is_ok());
+        assert!(validate_interval("x", iv(0, 36525, 0), true).is_ok());
+        assert!(validate_interval("x", iv(0, 0, 0), false).is_ok());
+        for bad in [iv(0, 0, 0), iv(1, -40, 0), iv(0, 0, -1), iv(-1, 0, 0), iv(1201, 0, 0), iv(0, 36526, 0),
+                    iv(0, 0, 36526 * USECS_PER_DAY), iv(1200, 1, 0), iv(12_000_000, 0, 0), iv(0, 0, i64::MAX)] {
+            let e = validate_interval("rotation_interval", bad, true).unwrap_err();
+            assert!(e.to_string().starts_with("rotation_interval must"), "{bad:?}: {e}");
+        }
     }
 }

@@ -28,18 +28,60 @@ use crate::catalog;
 use crate::error::{VaultError, VaultResult};
 use crate::identity::{self, Identity};
 use crate::{coherence, guc, keyring, kms, secret_store, secrets, shmem};
-use registry::{Slot, State};
+use registry::{ItemKind, Slot, State};
 
 const DUE_BATCH: i64 = 32;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub fn register() {
     launcher::register();
 }
 
-/// One transaction as the vault owner.
+/// One transaction as the vault owner. A PostgreSQL error inside it (a
+/// timeout, a read-only database, a value out of range in one row) is
+/// caught and returned, and the transaction is rolled back: the worker
+/// survives it and goes on with its other work. A typed error rolls back
+/// too, so a step never commits half of what it meant to write.
 fn txn<R>(f: impl FnOnce(&Identity) -> VaultResult<R>) -> VaultResult<R> {
-    BackgroundWorker::transaction(AssertUnwindSafe(|| identity::as_owner(f)))
+    txn_raw(|| identity::as_owner(f))
+}
+
+fn txn_raw<R>(f: impl FnOnce() -> VaultResult<R>) -> VaultResult<R> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| {
+        let r = f();
+        if r.is_ok() {
+            // Inside the try block: COMMIT can fail too (a serialization
+            // failure, a deferred constraint).
+            unsafe {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+        }
+        r
+    }))
+    .catch_others(|e| Err(caught(e)))
+    .execute();
+    if r.is_err() {
+        // SAFETY: the error state was flushed when the error was caught;
+        // this releases locks, snapshots, SPI and the role switch.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+    }
+    r
+}
+
+fn caught(e: pg_sys::panic::CaughtError) -> VaultError {
+    use pg_sys::panic::CaughtError;
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
+            VaultError::Postgres { code: r.sql_error_code(), message: r.message().to_string() }
+        }
+    }
 }
 
 fn record_error(slot: &Slot, context: &str, e: VaultError) {
@@ -55,8 +97,7 @@ struct Worker {
     extension: Option<u32>,
     last_sync: Option<Instant>,
     secrets_fingerprint: Option<(i64, i64, i64)>,
-    rotate_backoff: Duration,
-    rotate_not_before: Instant,
+    last_prune: Option<Instant>,
 }
 
 #[pg_guard]
@@ -83,8 +124,7 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         extension: None,
         last_sync: None,
         secrets_fingerprint: None,
-        rotate_backoff: Duration::ZERO,
-        rotate_not_before: Instant::now(),
+        last_prune: None,
     };
     loop {
         if let Some(exit) = w.tick() {
@@ -122,10 +162,12 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
 
 impl Worker {
     /// One round of work; `Some(state)` when this worker should exit.
+    /// Every item (a group, a secret, a key) is worked on in its own
+    /// transactions; one that fails is recorded with its error and retried
+    /// after a backoff, and never keeps the others from their turn.
     fn tick(&mut self) -> Option<State> {
         // Resolve the extension here (read-only: a standby allows nothing else).
-        let ident = BackgroundWorker::transaction(AssertUnwindSafe(identity::current));
-        let ident = match ident {
+        let ident = match txn_raw(identity::current) {
             Ok(i) => i,
             Err(VaultError::NotInstalled) => {
                 self.forget_incarnation(None);
@@ -139,31 +181,50 @@ impl Worker {
         };
         self.forget_incarnation(Some(ident.extension));
         let writable = !unsafe { pg_sys::RecoveryInProgress() };
-        if writable && guc::ROTATION.get() && Instant::now() >= self.rotate_not_before {
-            if let Err(e) = self.rebind_legacy() {
-                record_error(self.slot, "re-binding keys written by 0.1.0", e);
-            }
-            match self.rotate_due().and_then(|_| self.rotate_due_secrets(&ident)) {
-                Ok(()) => self.rotate_backoff = Duration::ZERO,
-                Err(e) => {
-                    // Back off on failures (a KMS outage), doubling up to a cap.
-                    let base = Duration::from_millis(guc::WORKER_INTERVAL_MS.get().max(10) as u64);
-                    self.rotate_backoff = (self.rotate_backoff * 2).max(base).min(MAX_BACKOFF);
-                    self.rotate_not_before = Instant::now() + self.rotate_backoff;
-                    record_error(self.slot, "scheduled rotation", e);
-                }
-            }
+        if writable && guc::ROTATION.get() {
+            self.step("re-binding keys written by 0.1.0", |w| w.rebind_legacy());
+            self.step("scheduled group rotation", |w| w.rotate_due());
+            self.step("scheduled secret rotation", |w| w.rotate_due_secrets(&ident));
+            self.step("secret version pruning", |w| w.prune_secrets());
         }
         let sync_every = Duration::from_millis(guc::SYNC_INTERVAL_MS.get().max(10) as u64);
         if self.last_sync.is_none_or(|t| t.elapsed() >= sync_every) {
-            if let Err(e) = self.sync(&ident) {
-                record_error(self.slot, "cache sync", e);
-            }
+            self.step("cache sync", |w| w.sync(&ident));
             self.last_sync = Some(Instant::now());
         }
         self.slot.runs.fetch_add(1, Relaxed);
         self.slot.last_run.store(catalog::now_micros(), Relaxed);
         None
+    }
+
+    /// Runs one step of a round; its own failure (listing what is due, say)
+    /// is recorded and the round goes on with the next step.
+    fn step(&mut self, context: &str, f: impl FnOnce(&mut Self) -> VaultResult<()>) {
+        if let Err(e) = f(self) {
+            record_error(self.slot, context, e);
+        }
+    }
+
+    /// Items of `kind` that failed and are still waiting for their next attempt.
+    fn backing_off(&self, kind: ItemKind) -> Vec<[u8; 16]> {
+        self.slot.backing_off(kind, catalog::now_micros())
+    }
+
+    /// The outcome of one item: success clears its record, failure records
+    /// the error and schedules the next attempt with exponential backoff.
+    fn outcome(&self, kind: ItemKind, id: &[u8; 16], name: &str, r: VaultResult<()>) {
+        match r {
+            Ok(()) => self.slot.item_ok(kind, id),
+            Err(e) => {
+                let msg = e.message();
+                let base = guc::WORKER_INTERVAL_MS.get().max(10) as i64 * 1000;
+                let next = self.slot.item_failed(kind, id, &msg, base, MAX_BACKOFF.as_micros() as i64);
+                let wait = (next - catalog::now_micros()).max(0) / 1000;
+                pgrx::log!("secret_vault worker: {} of \"{name}\" failed, next attempt in {wait} ms: {msg}", kind.label());
+                self.slot.set_last_error(&format!("{} of \"{name}\": {msg}", kind.label()));
+                self.slot.errors.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     /// Wipes the cache slots of an incarnation of the extension that is no
@@ -182,11 +243,22 @@ impl Worker {
     /// edited `purpose` makes upgraded keys unusable too. Unwrap and wrap
     /// happen between transactions; the update is a compare-and-set.
     fn rebind_legacy(&mut self) -> VaultResult<()> {
-        let rows = txn(|_| Spi::connect(|c| catalog::legacy_bound_keys(c, DUE_BATCH)))?;
+        let skip = self.backing_off(ItemKind::KeyRebind);
+        let rows = txn(|_| Spi::connect(|c| catalog::legacy_bound_keys(c, DUE_BATCH, &skip)))?;
+        let mut failed: Vec<GroupId> = Vec::new();
         for (group, row) in rows {
-            let key = kms::unwrap(&group, &row)?;
-            let (key_id, wrapped) = kms::rebind_ring_key(&group, row.version, &key)?;
-            txn(|_| Spi::connect_mut(|c| catalog::rebind_key(c, &group.id, row.version, &row.wrapped, &key_id, &wrapped)))?;
+            if failed.contains(&group.id) {
+                continue;
+            }
+            let r = (|| {
+                let key = kms::unwrap(&group, &row)?;
+                let (key_id, wrapped) = kms::rebind_ring_key(&group, row.version, &key)?;
+                txn(|_| Spi::connect_mut(|c| catalog::rebind_key(c, &group.id, row.version, &row.wrapped, &key_id, &wrapped))).map(|_| ())
+            })();
+            if r.is_err() {
+                failed.push(group.id);
+            }
+            self.outcome(ItemKind::KeyRebind, &group.id, &group.name, r);
         }
         Ok(())
     }
@@ -195,10 +267,19 @@ impl Worker {
     /// wrapped between two transactions; the claim in the second one fails if
     /// a manual rotation or another worker got there first.
     fn rotate_due(&mut self) -> VaultResult<()> {
-        let due = txn(|_| Spi::connect(|c| catalog::due_groups(c, catalog::clock(), DUE_BATCH)))?;
+        let skip = self.backing_off(ItemKind::GroupRotation);
+        let due = txn(|_| Spi::connect(|c| catalog::due_groups(c, catalog::clock(), DUE_BATCH, &skip)))?;
         for (group, due_at) in due {
+            let r = Self::rotate_group(&group, due_at);
+            self.outcome(ItemKind::GroupRotation, &group.id, &group.name, r);
+        }
+        Ok(())
+    }
+
+    fn rotate_group(group: &catalog::GroupRow, due_at: pgrx::datum::TimestampWithTimeZone) -> VaultResult<()> {
+        {
             let next = group.last_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(group.name.clone()))?;
-            let (key_id, wrapped) = kms::next_ring_key(&group, next)?;
+            let (key_id, wrapped) = kms::next_ring_key(group, next)?;
             let rotated = txn(|ident| {
                 Spi::connect_mut(|c| -> VaultResult<bool> {
                     let now = catalog::clock();
@@ -221,8 +302,17 @@ impl Worker {
     /// generated and sealed between transactions with a ring key from the
     /// cache (warmed first on a miss), so no KMS call happens inside one.
     fn rotate_due_secrets(&mut self, ident: &Identity) -> VaultResult<()> {
-        let due = txn(|_| Spi::connect(|c| secret_store::due(c, catalog::clock(), DUE_BATCH)))?;
+        let skip = self.backing_off(ItemKind::SecretRotation);
+        let due = txn(|_| Spi::connect(|c| secret_store::due(c, catalog::clock(), DUE_BATCH, &skip)))?;
         for (s, due_at) in due {
+            let r = self.rotate_secret(ident, &s, due_at);
+            self.outcome(ItemKind::SecretRotation, &s.id, &s.name, r);
+        }
+        Ok(())
+    }
+
+    fn rotate_secret(&self, ident: &Identity, s: &secret_store::SecretRow, due_at: pgrx::datum::TimestampWithTimeZone) -> VaultResult<()> {
+        {
             let spec = s.generator.as_deref().ok_or_else(|| VaultError::ManualSecret(s.name.clone()))?;
             let value = Generator::parse(spec)?.generate();
             let next = s.current_version.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(s.name.clone()))?;
@@ -287,15 +377,35 @@ impl Worker {
         }
         let slots = shmem::with_shared(|c| c.slots()).unwrap_or(0);
         let mut free = slots.saturating_sub(used);
+        let skip = self.backing_off(ItemKind::CacheWarm);
         for (id, _) in &seqs {
             if free == 0 {
                 break;
             }
-            if present.contains(id) {
+            if present.contains(id) || skip.contains(id) {
                 continue;
             }
-            self.warm(ident, id)?;
+            let r = self.warm(ident, id);
+            self.outcome(ItemKind::CacheWarm, id, &pgrx::Uuid::from_bytes(*id).to_string(), r);
             free -= 1;
+        }
+        Ok(())
+    }
+
+    /// Deletes superseded secret values whose grace window has ended (beyond
+    /// the newest `secret_vault.secret_versions_kept`), a batch at a time,
+    /// once a minute.
+    fn prune_secrets(&mut self) -> VaultResult<()> {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return Ok(());
+        }
+        self.last_prune = Some(Instant::now());
+        let kept = guc::SECRET_VERSIONS_KEPT.get();
+        for _ in 0..16 {
+            let n = txn(|_| Spi::connect_mut(|c| secret_store::prune(c, catalog::clock(), kept, 1000)))?;
+            if n < 1000 {
+                break;
+            }
         }
         Ok(())
     }

@@ -66,6 +66,56 @@ pub struct Slot {
     pub retry_at: AtomicI64,
     last_error_len: AtomicU32,
     last_error: UnsafeCell<[u8; LAST_ERROR_LEN]>,
+    /// Items (a group, a secret, a key) whose last attempt failed, with
+    /// their backoff. In shared memory so that a restarted worker keeps
+    /// backing off and operators can read them (`vault.worker_failures`).
+    failures: UnsafeCell<[Failure; FAILURES]>,
+}
+
+/// How many failing items a worker tracks; beyond that the oldest record
+/// is dropped (that item is then retried at the next round, which still
+/// delays nothing else: every item runs on its own).
+pub const FAILURES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ItemKind {
+    Empty = 0,
+    GroupRotation = 1,
+    SecretRotation = 2,
+    KeyRebind = 3,
+    CacheWarm = 4,
+}
+
+impl ItemKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ItemKind::Empty => "",
+            ItemKind::GroupRotation => "group rotation",
+            ItemKind::SecretRotation => "secret rotation",
+            ItemKind::KeyRebind => "ring key re-binding",
+            ItemKind::CacheWarm => "cache warm-up",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Failure {
+    pub kind: ItemKind,
+    pub id: [u8; 16],
+    pub failures: u32,
+    pub first_at: i64,
+    pub last_at: i64,
+    pub next_attempt: i64,
+    error_len: u32,
+    error: [u8; LAST_ERROR_LEN],
+}
+
+impl Failure {
+    pub fn error(&self) -> String {
+        String::from_utf8_lossy(&self.error[..(self.error_len as usize).min(LAST_ERROR_LEN)]).into_owned()
+    }
 }
 
 // Shared memory; `last_error` is written only under the registry lock.
@@ -106,6 +156,70 @@ impl Slot {
         self.runs.store(0, Relaxed);
         self.errors.store(0, Relaxed);
         self.last_error_len.store(0, Relaxed);
+        // SAFETY: called under the registry lock held exclusively.
+        unsafe { (*self.failures.get()).iter_mut().for_each(|f| f.kind = ItemKind::Empty) };
+    }
+
+    /// Records a failed attempt on one item and returns its next attempt
+    /// time: `base` doubled per consecutive failure, capped at `cap`.
+    pub fn item_failed(&self, kind: ItemKind, id: &[u8; 16], msg: &str, base_micros: i64, cap_micros: i64) -> i64 {
+        let now = crate::catalog::now_micros();
+        let msg = secret_vault_core::cache::truncate_on_char_boundary(msg, LAST_ERROR_LEN);
+        with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: writers hold the registry lock exclusively.
+            let table = unsafe { &mut *self.failures.get() };
+            let i = table
+                .iter()
+                .position(|f| f.kind == kind && f.id == *id)
+                .or_else(|| table.iter().position(|f| f.kind == ItemKind::Empty))
+                .unwrap_or_else(|| {
+                    (0..FAILURES).min_by_key(|&i| table[i].last_at).expect("FAILURES > 0")
+                });
+            let f = &mut table[i];
+            if f.kind != kind || f.id != *id {
+                *f = Failure { kind, id: *id, failures: 0, first_at: now, last_at: now, next_attempt: 0, error_len: 0, error: [0; LAST_ERROR_LEN] };
+            }
+            f.failures = f.failures.saturating_add(1);
+            f.last_at = now;
+            let shift = (f.failures - 1).min(20);
+            let delay = base_micros.max(1).saturating_mul(1i64 << shift).min(cap_micros);
+            f.next_attempt = now + delay;
+            f.error[..msg.len()].copy_from_slice(msg.as_bytes());
+            f.error_len = msg.len() as u32;
+            f.next_attempt
+        })
+    }
+
+    /// Forgets an item's failures after it succeeded.
+    pub fn item_ok(&self, kind: ItemKind, id: &[u8; 16]) {
+        // A cheap unlocked look first: almost every item never failed.
+        // SAFETY: a racy read of plain data only decides whether to lock.
+        let known = unsafe { &*self.failures.get() }.iter().any(|f| f.kind == kind && f.id == *id);
+        if !known {
+            return;
+        }
+        with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: writers hold the registry lock exclusively.
+            let table = unsafe { &mut *self.failures.get() };
+            table.iter_mut().filter(|f| f.kind == kind && f.id == *id).for_each(|f| f.kind = ItemKind::Empty);
+        })
+    }
+
+    /// Items of `kind` still backing off at `now`.
+    pub fn backing_off(&self, kind: ItemKind, now: i64) -> Vec<[u8; 16]> {
+        with_lock(pg_sys::LWLockMode::LW_SHARED, || {
+            // SAFETY: readers hold the registry lock shared.
+            let table = unsafe { &*self.failures.get() };
+            table.iter().filter(|f| f.kind == kind && f.next_attempt > now).map(|f| f.id).collect()
+        })
+    }
+
+    pub fn failures(&self) -> Vec<Failure> {
+        with_lock(pg_sys::LWLockMode::LW_SHARED, || {
+            // SAFETY: readers hold the registry lock shared.
+            let table = unsafe { &*self.failures.get() };
+            table.iter().filter(|f| f.kind != ItemKind::Empty).copied().collect()
+        })
     }
 }
 
