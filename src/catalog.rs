@@ -119,10 +119,9 @@ pub fn lock_group_for_drop(client: &mut SpiClient<'_>, id: &GroupId) -> VaultRes
 }
 
 pub fn group(client: &SpiClient<'_>, name: &str) -> VaultResult<GroupRow> {
-    load_group(client, name)?.ok_or_else(|| VaultError::GroupNotFound(name.to_string()))
+    load_group(client, name)?.ok_or_else(|| VaultError::GroupNotFound)
 }
 
-/// Groups whose scheduled rotation is due at `now`, oldest due first.
 /// Groups due for rotation, oldest due first, leaving out `skip` (groups
 /// whose last attempt failed and that are still backing off), so that a
 /// group that keeps failing never holds the others back.
@@ -176,7 +175,7 @@ pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResul
     };
     match rows.into_iter().next() {
         Some(row) => Ok((column(row.get(1)?, "name")?, column(row.get(2)?, "provider")?)),
-        None => Err(VaultError::KmsKeyNotFound(name.unwrap_or("(default)").to_string())),
+        None => Err(VaultError::KmsKeyNotFound),
     }
 }
 
@@ -449,4 +448,49 @@ pub fn check_schedule(what: &str, iv: &Interval, positive: bool) -> VaultResult<
         )))),
         Some(_) => Ok(()),
     }
+}
+
+/// What stands in the way of destroying versions below `below` of a group:
+/// (versions below it that are not retired, secret values sealed under them).
+pub fn destroy_blockers(client: &SpiClient<'_>, id: &GroupId, below: i32) -> VaultResult<(i64, i64)> {
+    // A secret value's key version is bytes 3..6 of its ciphertext, big
+    // endian, so it compares as bytes with int4send (see core/src/format.rs).
+    let row = client.select(
+        &sql("SELECT (SELECT pg_catalog.count(*) FROM vault.ring_keys
+                WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.<) $2 AND retired_at IS NULL),
+             (SELECT pg_catalog.count(*) FROM vault.secret_store s
+                WHERE s.key_group_id OPERATOR(pg_catalog.=) $1
+                  AND pg_catalog.substring(s.current_ciphertext, 3, 4) OPERATOR(pg_catalog.<) pg_catalog.int4send($2))
+           OPERATOR(pg_catalog.+)
+             (SELECT pg_catalog.count(*) FROM vault.secret_values v
+                JOIN vault.secret_store s ON s.id OPERATOR(pg_catalog.=) v.secret_id
+               WHERE s.key_group_id OPERATOR(pg_catalog.=) $1
+                 AND pg_catalog.substring(v.ciphertext, 3, 4) OPERATOR(pg_catalog.<) pg_catalog.int4send($2))")?,
+        Some(1),
+        &[uuid(id).into(), below.into()],
+    )?;
+    let row = row.first();
+    Ok((column(row.get(1)?, "not retired")?, column(row.get(2)?, "sealed values")?))
+}
+
+/// Deletes the retired wrapped keys below `below` and bumps the group's
+/// change sequence (every cache drops its copy); returns how many went.
+pub fn destroy_below(client: &mut SpiClient<'_>, id: &GroupId, below: i32) -> VaultResult<i64> {
+    let rows = client.update(
+        &sql("DELETE FROM vault.ring_keys
+               WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.<) $2 AND retired_at IS NOT NULL
+              RETURNING 1")?,
+        None,
+        &[uuid(id).into(), below.into()],
+    )?;
+    let n = rows.len() as i64;
+    if n > 0 {
+        client.update(
+            &sql("UPDATE vault.key_groups SET change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
+                   WHERE id OPERATOR(pg_catalog.=) $1")?,
+            None,
+            &[uuid(id).into()],
+        )?;
+    }
+    Ok(n)
 }

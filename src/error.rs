@@ -7,12 +7,14 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 use secret_vault_core::policy::Purpose;
 use secret_vault_core::{CryptoError, KmsError, PolicyError};
 
+const UNECHOED: &str = "Names that match nothing are not repeated in errors, in case a value was passed as a name.";
+
 #[derive(Debug)]
 pub enum VaultError {
     NullArgument(&'static str),
-    GroupNotFound(String),
+    GroupNotFound,
     GroupExists(String),
-    KmsKeyNotFound(String),
+    KmsKeyNotFound,
     WrongPurpose { group: String, purpose: Purpose, operation: &'static str },
     VersionNotFound { group: String, version: i64 },
     VersionRetired { group: String, version: i64 },
@@ -23,10 +25,13 @@ pub enum VaultError {
     Crypto(CryptoError),
     Kms(KmsError),
     ReadOnly(&'static str),
-    SecretNotFound(String),
+    SecretNotFound,
     SecretExists(String),
     ManualSecret(String),
     GroupInUse(String),
+    DestroyRefused { group: String, reason: String, hint: String },
+    /// An input too large to process within PostgreSQL's allocation limit.
+    TooLarge { what: String, len: usize, limit: usize },
     PermissionDenied(&'static str),
     NotInstalled,
     SchemaVersion { installed: String, library: &'static str },
@@ -65,18 +70,21 @@ impl VaultError {
             VaultError::NullArgument(arg) => {
                 (ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{arg} must not be NULL"), None)
             }
-            VaultError::GroupNotFound(g) => (
+            // Names that match nothing are not repeated: a value passed
+            // where a name was meant (swapped arguments) would otherwise
+            // reach the client, the server log and monitoring.
+            VaultError::GroupNotFound => (
                 ERRCODE_UNDEFINED_OBJECT,
-                format!("key group \"{g}\" does not exist"),
-                Some("List key groups with: SELECT name FROM vault.groups;".into()),
+                "key group does not exist".into(),
+                Some(format!("{UNECHOED} List key groups with: SELECT name FROM vault.groups;")),
             ),
             VaultError::GroupExists(g) => {
                 (ERRCODE_DUPLICATE_OBJECT, format!("key group \"{g}\" already exists"), None)
             }
-            VaultError::KmsKeyNotFound(k) => (
+            VaultError::KmsKeyNotFound => (
                 ERRCODE_UNDEFINED_OBJECT,
-                format!("KMS key \"{k}\" is not registered"),
-                Some("Registered KMS keys are listed in vault.kms_keys.".into()),
+                "KMS key is not registered".into(),
+                Some(format!("{UNECHOED} Registered KMS keys are listed in vault.kms_keys.")),
             ),
             VaultError::WrongPurpose { group, purpose, operation } => {
                 let hint = match purpose {
@@ -118,7 +126,7 @@ impl VaultError {
             VaultError::Crypto(e) => {
                 let code = match e {
                     CryptoError::AuthenticationFailed => ERRCODE_DATA_EXCEPTION,
-                    CryptoError::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                    CryptoError::TooLarge | CryptoError::ContextTooLarge { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                     CryptoError::KeyLength { .. } => ERRCODE_INTERNAL_ERROR,
                     CryptoError::WrongDomain => ERRCODE_WRONG_OBJECT_TYPE,
                     CryptoError::ReservedContext => ERRCODE_INVALID_PARAMETER_VALUE,
@@ -127,6 +135,7 @@ impl VaultError {
                 let msg = match e {
                     CryptoError::AuthenticationFailed
                     | CryptoError::TooLarge
+                    | CryptoError::ContextTooLarge { .. }
                     | CryptoError::WrongDomain
                     | CryptoError::ReservedContext => e.to_string(),
                     _ => format!("invalid ciphertext: {e}"),
@@ -146,10 +155,10 @@ impl VaultError {
                 };
                 (code, e.to_string(), hint.map(String::from))
             }
-            VaultError::SecretNotFound(n) => (
+            VaultError::SecretNotFound => (
                 ERRCODE_UNDEFINED_OBJECT,
-                format!("secret \"{n}\" does not exist"),
-                Some("List secrets with: SELECT name FROM vault.secrets;".into()),
+                "secret does not exist".into(),
+                Some(format!("{UNECHOED} List secrets with: SELECT name FROM vault.secrets;")),
             ),
             VaultError::SecretExists(n) => (ERRCODE_DUPLICATE_OBJECT, format!("secret \"{n}\" already exists"), None),
             VaultError::ManualSecret(n) => (
@@ -161,6 +170,16 @@ impl VaultError {
                 ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
                 format!("key group \"{g}\" still seals secrets"),
                 Some("Delete those secrets first (see vault.secrets.key_group).".into()),
+            ),
+            VaultError::DestroyRefused { group, reason, hint } => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("cannot destroy keys of key group \"{group}\": {reason}"),
+                Some(hint),
+            ),
+            VaultError::TooLarge { what, len, limit } => (
+                ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!("{what} is {len} bytes; the limit is {limit}"),
+                None,
             ),
             VaultError::ReadOnly(op) => (
                 ERRCODE_READ_ONLY_SQL_TRANSACTION,

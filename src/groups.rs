@@ -178,6 +178,46 @@ fn retire(group_name: &str, below_version: i32) {
     .or_raise()
 }
 
+/// Deletes the wrapped keys of retired versions below `below_version` for
+/// good; returns how many were destroyed. Data still sealed under them can
+/// never be decrypted again, so every version below must be retired first,
+/// and secrets whose stored values use them must be updated or rotated.
+#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn destroy(group_name: &str, below_version: i32) -> i64 {
+    require_writable("destroy key versions").or_raise();
+    Spi::connect_mut(|client| -> VaultResult<i64> {
+        let group = catalog::group(client, group_name)?;
+        // Waits for every transaction sealing a secret under the group.
+        if !catalog::lock_group_for_drop(client, &group.id)? {
+            return Err(VaultError::GroupNotFound);
+        }
+        let current = catalog::current_key_row(client, &group, catalog::clock())?;
+        policy::check_retire(below_version, Some(current.version as u32))?;
+        let (live, sealed) = catalog::destroy_blockers(client, &group.id, below_version)?;
+        if live > 0 {
+            return Err(VaultError::DestroyRefused {
+                group: group_name.to_string(),
+                reason: format!("{live} version(s) below {below_version} are not retired"),
+                hint: format!("Retire them first: SELECT vault.retire('{}', {below_version});", group_name.replace('\'', "''")),
+            });
+        }
+        if sealed > 0 {
+            return Err(VaultError::DestroyRefused {
+                group: group_name.to_string(),
+                reason: format!("{sealed} stored secret value(s) are sealed under versions below {below_version}"),
+                hint: "Update or rotate those secrets (see vault.secrets.key_group), and wait for superseded values to be pruned.".into(),
+            });
+        }
+        let n = catalog::destroy_below(client, &group.id, below_version)?;
+        if n > 0 {
+            coherence::note_change(group_name, Some(identity::current()?.cache_key(group.id)), false);
+        }
+        Ok(n)
+    })
+    .or_raise()
+}
+
 /// Drops a group and erases its wrapped keys.
 #[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -188,7 +228,7 @@ fn drop_group(group_name: &str) {
         // Wait for every transaction sealing a secret under this group (they
         // hold KEY SHARE on its row) and for a racing drop; then look again.
         if !catalog::lock_group_for_drop(client, &group.id)? {
-            return Err(VaultError::GroupNotFound(group_name.to_string()));
+            return Err(VaultError::GroupNotFound);
         }
         if crate::secret_store::group_in_use(client, &group.id)? {
             return Err(VaultError::GroupInUse(group_name.to_string()));
@@ -197,7 +237,7 @@ fn drop_group(group_name: &str) {
             coherence::note_change(group_name, Some(identity::current()?.cache_key(group.id)), false);
             Ok(())
         } else {
-            Err(VaultError::GroupNotFound(group_name.to_string()))
+            Err(VaultError::GroupNotFound)
         }
     })
     .or_raise()

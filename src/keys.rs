@@ -104,12 +104,33 @@ pub unsafe extern "C-unwind" fn vault_encrypt(fcinfo: pg_sys::FunctionCallInfo) 
     let name: &str = unsafe { arg(fcinfo, 0) };
     let plaintext: &[u8] = unsafe { arg(fcinfo, 1) };
     let context: &[u8] = unsafe { arg(fcinfo, 2) };
+    let alg = guc::cipher();
+    // Checked before any key lookup or allocation: the result must fit in
+    // one PostgreSQL allocation. It is then made with palloc, so running out
+    // of memory is an ordinary ERROR, never an abort of the backend (which
+    // would restart the whole cluster).
+    let n = format::ciphertext_len(alg, plaintext.len())
+        .filter(|n| *n <= MAX_BYTEA)
+        .unwrap_or_else(|| too_large("plaintext", plaintext.len(), MAX_BYTEA - (format::ciphertext_len(alg, 0).unwrap_or(0))));
     let mut key = KeyBuf::new();
     let r = keyring::resolve(name, Purpose::Encrypt, "vault.encrypt", Want::Current, &mut key).or_raise();
-    let ct = format::encrypt(guc::cipher(), key.as_slice(), r.version as u32, &r.group_id, Binding::Data(context), plaintext)
-        .map_err(VaultError::from)
-        .or_raise();
-    bytea(&ct)
+    unsafe {
+        let result = pg_sys::palloc(pg_sys::VARHDRSZ + n) as *mut pg_sys::varlena;
+        pgrx::varlena::set_varsize_4b(result, (pg_sys::VARHDRSZ + n) as i32);
+        let data = std::slice::from_raw_parts_mut(pgrx::varlena::vardata_4b(result) as *mut u8, n);
+        if let Err(e) = format::encrypt_into(alg, key.as_slice(), r.version as u32, &r.group_id, Binding::Data(context), plaintext, data) {
+            pg_sys::pfree(result as *mut std::ffi::c_void);
+            VaultError::from(e).raise();
+        }
+        pg_sys::Datum::from(result)
+    }
+}
+
+/// The largest bytea PostgreSQL can allocate (MaxAllocSize less the header).
+const MAX_BYTEA: usize = 0x3fff_ffff - pg_sys::VARHDRSZ;
+
+fn too_large(what: &str, len: usize, limit: usize) -> ! {
+    VaultError::TooLarge { what: what.to_string(), len, limit }.raise()
 }
 
 /// vault.decrypt(group_name text, ciphertext bytea, context bytea) RETURNS bytea

@@ -120,7 +120,7 @@ fn seal_key(
 ) -> VaultResult<keyring::Resolved> {
     let name = key_group.unwrap_or(DEFAULT_GROUP);
     match keyring::resolve(name, Purpose::Encrypt, "sealing secrets", Want::Current, out) {
-        Err(VaultError::GroupNotFound(_)) if key_group.is_none() => {
+        Err(VaultError::GroupNotFound) if key_group.is_none() => {
             crate::groups::create_group_in(client, DEFAULT_GROUP, Purpose::Encrypt)?;
             keyring::resolve(name, Purpose::Encrypt, "sealing secrets", Want::Current, out)
         }
@@ -156,7 +156,7 @@ fn create(
         // Hold the group against a concurrent drop_group until we commit (it
         // waits, then sees this secret); a group dropped meanwhile is gone.
         if !secret_store::lock_group(client, &sealing.group_id)? {
-            return Err(VaultError::GroupNotFound(key_group.unwrap_or(DEFAULT_GROUP).to_string()));
+            return Err(VaultError::GroupNotFound);
         }
         let id = secret_vault_core::keys::random_uuid_v4();
         let now = catalog::clock();
@@ -320,7 +320,7 @@ fn delete_secret(name: &str) {
         require_writable("delete a secret")?;
         Spi::connect_mut(|c| {
             if !secret_store::delete(c, name)? {
-                return Err(VaultError::SecretNotFound(name.to_string()));
+                return Err(VaultError::SecretNotFound);
             }
             coherence::note_change(&dirty_key(name), None, false);
             Ok(())

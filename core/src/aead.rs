@@ -126,6 +126,23 @@ impl Algorithm {
 }
 
 impl Algorithm {
+    /// Seals `buf` in place and returns the tag: the caller's buffer (one
+    /// in PostgreSQL memory) receives the ciphertext without any copy on
+    /// the Rust heap, whose allocation failure would abort the process.
+    pub fn seal_in_place(self, key: &[u8; 32], nonce: &[u8], aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN], CryptoError> {
+        use chacha20poly1305::aead::AeadInPlace;
+        if nonce.len() != self.nonce_len() {
+            return Err(CryptoError::TooLarge);
+        }
+        let tag = match self {
+            Algorithm::Aes256GcmSiv => with_siv(key, |c| c.encrypt_in_place_detached(nonce.into(), aad, buf)),
+            Algorithm::XChaCha20Poly1305 => {
+                XChaCha20Poly1305::new(key.into()).encrypt_in_place_detached(nonce.into(), aad, buf)
+            }
+        };
+        tag.map(|t| t.into()).map_err(|_| CryptoError::TooLarge)
+    }
+
     /// Opens `sealed` into `out` (which must be exactly `sealed.len() - 16`
     /// bytes) without an intermediate buffer. On failure `out` holds no
     /// plaintext: both AEADs check the tag before leaving plaintext behind

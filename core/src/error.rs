@@ -23,6 +23,8 @@ pub enum CryptoError {
     KeyLength { expected: usize, actual: usize },
     #[error("plaintext too large to encrypt")]
     TooLarge,
+    #[error("context is {actual} bytes; the limit is {limit}")]
+    ContextTooLarge { actual: usize, limit: usize },
     /// A secret's stored value handed to `vault.decrypt`, or the reverse.
     #[error("ciphertext belongs to another domain: secret values open only through the secret functions")]
     WrongDomain,

@@ -118,6 +118,7 @@ pub fn encrypt(
     if key_version == 0 {
         return Err(CryptoError::ZeroVersion);
     }
+    check_context(&binding)?;
     let key = aead_key(key)?;
     let format = match binding {
         Binding::Data(_) => FORMAT_V1,
@@ -131,6 +132,69 @@ pub fn encrypt(
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);
     Ok(out)
+}
+
+/// The longest caller context (associated data) accepted: contexts name
+/// where data belongs (a row, a tenant), they are not data themselves.
+pub const MAX_CONTEXT_LEN: usize = 1 << 20;
+
+fn check_context(binding: &Binding<'_>) -> Result<(), CryptoError> {
+    match binding {
+        Binding::Data(c) if c.len() > MAX_CONTEXT_LEN => Err(CryptoError::ContextTooLarge { actual: c.len(), limit: MAX_CONTEXT_LEN }),
+        _ => Ok(()),
+    }
+}
+
+/// Length of the ciphertext `encrypt` makes from `plaintext_len` bytes, or
+/// None if it would not fit in memory addresses.
+pub fn ciphertext_len(algorithm: Algorithm, plaintext_len: usize) -> Option<usize> {
+    plaintext_len.checked_add(HEADER_LEN + algorithm.nonce_len() + TAG_LEN)
+}
+
+/// Encrypts like [`encrypt`] into `out`, which must be exactly
+/// [`ciphertext_len`] bytes: the caller allocates (in PostgreSQL memory,
+/// where a failed allocation is an ordinary ERROR), nothing here does.
+pub fn encrypt_into(
+    algorithm: Algorithm,
+    key: &[u8],
+    key_version: u32,
+    group: &GroupId,
+    binding: Binding<'_>,
+    plaintext: &[u8],
+    out: &mut [u8],
+) -> Result<(), CryptoError> {
+    if key_version == 0 {
+        return Err(CryptoError::ZeroVersion);
+    }
+    check_context(&binding)?;
+    let key = aead_key(key)?;
+    if ciphertext_len(algorithm, plaintext.len()) != Some(out.len()) {
+        return Err(CryptoError::TooLarge);
+    }
+    let format = match binding {
+        Binding::Data(_) => FORMAT_V1,
+        Binding::Secret { .. } => FORMAT_SECRET,
+    };
+    let header = header(format, algorithm, key_version);
+    let nl = algorithm.nonce_len();
+    let (head, rest) = out.split_at_mut(HEADER_LEN + nl);
+    head[..HEADER_LEN].copy_from_slice(&header);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut head[HEADER_LEN..]);
+    let nonce = &head[HEADER_LEN..];
+    let (body, tag_out) = rest.split_at_mut(plaintext.len());
+    body.copy_from_slice(plaintext);
+    let tag = with_aad(format, &header, group, binding, |aad| algorithm.seal_in_place(key, nonce, aad, body));
+    match tag {
+        Ok(t) => {
+            tag_out.copy_from_slice(&t);
+            Ok(())
+        }
+        Err(e) => {
+            // Never leave plaintext behind in the caller's buffer.
+            body.iter_mut().for_each(|b| *b = 0);
+            Err(e)
+        }
+    }
 }
 
 /// Decrypts a parsed ciphertext with the ring key of the version it names.
@@ -160,6 +224,7 @@ pub fn decrypt_into(
     binding: Binding<'_>,
     out: &mut [u8],
 ) -> Result<(), CryptoError> {
+    check_context(&binding)?;
     let key = aead_key(key)?;
     with_aad(parsed.format, parsed.header, group, binding, |aad| {
         parsed.algorithm.open_into(key, parsed.nonce, aad, parsed.sealed, out)
@@ -327,5 +392,33 @@ mod tests {
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = parse(&bytes);
         }
+    }
+
+    #[test]
+    fn encrypt_into_matches_encrypt_and_opens_with_decrypt() {
+        let key = [3u8; 32];
+        for alg in [Algorithm::Aes256GcmSiv, Algorithm::XChaCha20Poly1305] {
+            for pt in [&b""[..], b"x", &[7u8; 5000][..]] {
+                let mut out = vec![0u8; ciphertext_len(alg, pt.len()).unwrap()];
+                encrypt_into(alg, &key, 4, &G1, Binding::Data(b"ctx"), pt, &mut out).unwrap();
+                let parsed = parse(&out).unwrap();
+                assert_eq!(parsed.key_version, 4);
+                assert_eq!(&decrypt(&parsed, &key, &G1, Binding::Data(b"ctx")).unwrap()[..], pt);
+                assert!(decrypt(&parsed, &key, &G1, Binding::Data(b"other")).is_err());
+            }
+            let mut short = vec![0u8; 10];
+            assert_eq!(encrypt_into(alg, &key, 1, &G1, Binding::Data(b""), b"abc", &mut short), Err(CryptoError::TooLarge));
+        }
+    }
+
+    #[test]
+    fn contexts_over_the_limit_are_refused_both_ways() {
+        let key = [3u8; 32];
+        let big = vec![0u8; MAX_CONTEXT_LEN + 1];
+        let e = encrypt(Algorithm::DEFAULT, &key, 1, &G1, Binding::Data(&big), b"x").unwrap_err();
+        assert!(matches!(e, CryptoError::ContextTooLarge { .. }));
+        let ct = encrypt(Algorithm::DEFAULT, &key, 1, &G1, Binding::Data(b""), b"x").unwrap();
+        let parsed = parse(&ct).unwrap();
+        assert!(matches!(decrypt(&parsed, &key, &G1, Binding::Data(&big)), Err(CryptoError::ContextTooLarge { .. })));
     }
 }
