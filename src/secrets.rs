@@ -28,8 +28,10 @@ use crate::{coherence, guc, identity, shmem};
 
 /// Name of the encrypt group used when `key_group` is NULL; made on first use.
 pub const DEFAULT_GROUP: &str = "vault/secrets";
-/// Bound on the backend-local ciphertext cache (entries).
+/// Bounds on the backend-local ciphertext cache: entries, and bytes (a
+/// value may be 1 MiB, and each secret keeps its values in grace).
 const LOCAL_CACHE_MAX: usize = 10_000;
+const LOCAL_CACHE_BYTES: usize = 16 << 20;
 
 /// Coherence key: secrets share the dirty set and epoch with groups.
 pub(crate) fn dirty_key(name: &str) -> String {
@@ -44,8 +46,16 @@ struct Cached {
     values: Vec<ValueRow>,
 }
 
+impl Cached {
+    fn bytes(&self) -> usize {
+        let row = &self.secret;
+        128 + row.name.len() + row.group.len() + row.current_ciphertext.len()
+            + self.values.iter().map(|v| 32 + v.ciphertext.len()).sum::<usize>()
+    }
+}
+
 thread_local! {
-    static LOCAL: RefCell<HashMap<String, Cached>> = RefCell::new(HashMap::new());
+    static LOCAL: RefCell<(usize, HashMap<String, Cached>)> = RefCell::new((0, HashMap::new()));
 }
 
 /// A secret and its live ciphertexts: from the local cache when it is still
@@ -55,7 +65,7 @@ fn live(name: &str) -> VaultResult<(SecretRow, Vec<ValueRow>)> {
     let epoch = shmem::epoch();
     if let (false, Some(e)) = (dirty, epoch) {
         let generation = identity::generation();
-        if let Some(c) = LOCAL.with(|l| l.borrow().get(name).filter(|c| c.epoch == e && c.generation == generation).cloned()) {
+        if let Some(c) = LOCAL.with(|l| l.borrow().1.get(name).filter(|c| c.epoch == e && c.generation == generation).cloned()) {
             return Ok((c.secret, c.values));
         }
     }
@@ -67,16 +77,21 @@ fn live(name: &str) -> VaultResult<(SecretRow, Vec<ValueRow>)> {
         })
     })?;
     if let (false, Some(e), true) = (dirty, epoch, catalog::may_fill_shared_cache()) {
-        LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            if l.len() >= LOCAL_CACHE_MAX {
-                l.clear();
-            }
-            l.insert(
-                name.to_string(),
-                Cached { epoch: e, generation: identity::generation(), secret: s.clone(), values: values.clone() },
-            );
-        });
+        let entry = Cached { epoch: e, generation: identity::generation(), secret: s.clone(), values: values.clone() };
+        let size = entry.bytes();
+        if size <= LOCAL_CACHE_BYTES / 8 {
+            LOCAL.with(|l| {
+                let (bytes, map) = &mut *l.borrow_mut();
+                if map.len() >= LOCAL_CACHE_MAX || *bytes + size > LOCAL_CACHE_BYTES {
+                    map.clear();
+                    *bytes = 0;
+                }
+                if let Some(old) = map.insert(name.to_string(), entry) {
+                    *bytes -= old.bytes().min(*bytes);
+                }
+                *bytes += size;
+            });
+        }
     }
     Ok((s, values))
 }

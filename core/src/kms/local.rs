@@ -4,7 +4,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -53,6 +53,10 @@ impl LocalKms {
     pub fn from_file(path: &Path) -> Result<Self, KmsError> {
         let shown = path.display();
         let meta = fs::metadata(path).map_err(|e| {
+            let id_path = id_file(path);
+            if e.kind() == std::io::ErrorKind::NotFound && id_path.exists() {
+                return lost_key(path, &id_path);
+            }
             KmsError::Config(format!("cannot read local master key file \"{shown}\": {e}"))
         })?;
         if !meta.is_file() {
@@ -77,26 +81,92 @@ impl LocalKms {
         Self::from_key(key)
     }
 
-    /// Creates a new random key file with mode 0600 unless one exists.
-    /// Uses O_EXCL so two processes racing here never overwrite each other.
+    /// Makes sure a key file exists at `path`, creating a random one on
+    /// first use. Beside it, `<path>.id` records the id (fingerprint, not
+    /// the key) of the key this data directory uses. If that record exists
+    /// but the key file does not, the key was lost: keys wrapped by it can
+    /// never be unwrapped by a new one, so none is made and the error says
+    /// how to recover. Creation is atomic and durable: the key is written
+    /// and fsynced under a temporary name, linked into place (never over an
+    /// existing file), and the directory is fsynced, so a crash leaves
+    /// either no key file or a complete one.
     pub fn ensure_key_file(path: &Path) -> Result<KeyFile, KmsError> {
-        let key = KeyBytes::random(32);
-        let mut text = Zeroizing::new(hex::encode(key.as_bytes()));
-        text.push('\n');
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Ok(mut f) => {
-                f.write_all(text.as_bytes())
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| KmsError::Config(format!("cannot write \"{}\": {e}", path.display())))?;
-                Ok(KeyFile::Created)
+        let id_path = id_file(path);
+        if path.exists() {
+            if !id_path.exists() {
+                // Written by an older version, or restored without its
+                // record: adopt it, so that losing it later is noticed.
+                if let Ok(kms) = Self::from_file(path) {
+                    write_atomically(&id_path, format!("{}\n", kms.key_id()).as_bytes(), 0o600)?;
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(KeyFile::Existing),
-            Err(e) => Err(KmsError::Config(format!(
-                "cannot create local master key file \"{}\": {e}",
-                path.display()
-            ))),
+            return Ok(KeyFile::Existing);
         }
+        if id_path.exists() {
+            return Err(lost_key(path, &id_path));
+        }
+        let key = KeyBytes::random(32);
+        // Hex into a zeroizing buffer: `hex::encode` would leave a copy
+        // of the key in a freed String.
+        let mut text = Zeroizing::new([0u8; 65]);
+        hex::encode_to_slice(key.as_bytes(), &mut text[..64]).map_err(|e| KmsError::Config(e.to_string()))?;
+        text[64] = b'\n';
+        match write_atomically(path, &text[..], 0o600) {
+            Ok(()) => {}
+            Err(e) if path.exists() => {
+                // Another process won the race; its key stands.
+                let _ = e;
+                return Ok(KeyFile::Existing);
+            }
+            Err(e) => return Err(e),
+        }
+        let id = Self::from_key(key)?.id;
+        write_atomically(&id_path, format!("{id}\n").as_bytes(), 0o600)?;
+        Ok(KeyFile::Created)
     }
+}
+
+/// Where the id of a data directory's local key is recorded.
+pub fn id_file(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".id");
+    path.with_file_name(name)
+}
+
+fn lost_key(path: &Path, id_path: &Path) -> KmsError {
+    let id = fs::read_to_string(id_path).map(|s| s.trim().to_string()).unwrap_or_default();
+    KmsError::Config(format!(
+        "local master key file \"{}\" is missing, but this data directory used key {id}; \
+         a new key cannot unwrap keys wrapped by it, so none is created. Restore the file from a backup; \
+         to start over without the old data, delete \"{}\" and restart",
+        path.display(),
+        id_path.display()
+    ))
+}
+
+/// Writes `bytes` to a new file at `path` (never replacing one): a
+/// temporary file in the same directory, fsynced, hard-linked into place,
+/// then the directory fsynced.
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KmsError> {
+    let err = |what: &str, e: std::io::Error| KmsError::Config(format!("cannot {what} \"{}\": {e}", path.display()));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(err("write", e));
+    }
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    linked.map_err(|e| err("create", e))?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err("sync the directory of", e))
 }
 
 fn parse_key_material(raw: &[u8]) -> Option<KeyBytes> {
@@ -267,5 +337,38 @@ mod tests {
             Err(KmsError::Config(m)) => assert!(!m.contains("abcd"), "{m}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn a_lost_key_file_is_not_replaced_and_the_error_says_how_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        assert_eq!(LocalKms::ensure_key_file(&p).unwrap(), KeyFile::Created);
+        let id = LocalKms::from_file(&p).unwrap().key_id().to_string();
+        assert_eq!(fs::read_to_string(id_file(&p)).unwrap().trim(), id);
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::remove_file(&p).unwrap();
+        for e in [LocalKms::ensure_key_file(&p).unwrap_err(), LocalKms::from_file(&p).err().unwrap()] {
+            let m = e.to_string();
+            assert!(m.contains("is missing") && m.contains(&id) && m.contains("Restore"), "{m}");
+        }
+        assert!(!p.exists(), "no new key was made");
+        // Starting over is a deliberate act: delete the record.
+        fs::remove_file(id_file(&p)).unwrap();
+        assert_eq!(LocalKms::ensure_key_file(&p).unwrap(), KeyFile::Created);
+        assert_ne!(LocalKms::from_file(&p).unwrap().key_id(), id);
+    }
+
+    #[test]
+    fn an_existing_key_without_a_record_is_adopted_and_no_temporary_files_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).unwrap();
+        f.write_all(&[5u8; 32]).unwrap();
+        drop(f);
+        assert_eq!(LocalKms::ensure_key_file(&p).unwrap(), KeyFile::Existing);
+        assert!(id_file(&p).exists());
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }
