@@ -87,6 +87,7 @@ GRANT EXECUTE ON FUNCTION
     vault.rotate(text),
     vault.retire(text, int),
     vault.drop_group(text),
+    vault.destroy(text, int),
     vault.stats()
   TO vault_admin;
 

@@ -16,7 +16,10 @@
 --    and the constraints stay NOT VALID (they still hold for new rows).
 --    No row is ever deleted by this script;
 --  * vault._open_secret is no longer executable by vault_reader;
---  * new: vault.worker_status() and view vault.workers, for vault_admin.
+--  * new: vault.worker_status() and view vault.workers, for vault_admin;
+--  * new: vault.worker_item_failures() and view vault.worker_failures (items
+--    the workers failed on, with their backoff), for vault_admin;
+--  * new: vault.destroy(group_name, below_version), for vault_admin.
 -- The generated definitions of every other function are unchanged from
 -- 0.1.0. Values need no rewrite: 0.2.0 reads 0.1.0 ciphertexts (secret
 -- values in format 0x01, ring keys with binding 1) and writes new ones in
@@ -163,6 +166,31 @@ STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'worker_status_wrapper';
 
+-- Generated from src/stats.rs (secret_vault::stats::worker_item_failures).
+CREATE FUNCTION vault."worker_item_failures"() RETURNS TABLE (
+	"database" oid,  /* pg_sys :: Oid */
+	"kind" TEXT,  /* String */
+	"object_id" uuid,  /* pgrx :: Uuid */
+	"failures" bigint,  /* i64 */
+	"first_failed_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_failed_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"next_attempt_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_error" TEXT  /* String */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'worker_item_failures_wrapper';
+
+-- Generated from src/groups.rs (secret_vault::groups::destroy).
+CREATE FUNCTION vault."destroy"(
+	"group_name" TEXT, /* & str */
+	"below_version" INT /* i32 */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'destroy_wrapper';
+
 -- ---- views and grants (as in finalize.sql) ----------------------------------
 -- Current values. Granted to no one: to let a role list every value,
 -- GRANT SELECT on it and EXECUTE on vault._open_secret (which refuses any
@@ -183,6 +211,31 @@ REVOKE ALL ON vault.workers FROM PUBLIC;
 REVOKE ALL ON FUNCTION vault.worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vault.worker_status() TO vault_admin;
 GRANT SELECT ON vault.workers TO vault_admin;
+
+-- Items the workers failed on, with names for this database.
+CREATE VIEW vault.worker_failures AS
+SELECT d.datname AS database,
+       f.kind,
+       f.object_id,
+       CASE WHEN d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() THEN
+           coalesce((SELECT g.name FROM vault.key_groups g WHERE g.id OPERATOR(pg_catalog.=) f.object_id),
+                    (SELECT s.name FROM vault.secret_store s WHERE s.id OPERATOR(pg_catalog.=) f.object_id))
+       END AS object,
+       f.failures,
+       f.first_failed_at,
+       f.last_failed_at,
+       f.next_attempt_at,
+       f.last_error
+  FROM vault.worker_item_failures() f
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) f.database;
+ALTER VIEW vault.worker_failures OWNER TO vault_owner;
+REVOKE ALL ON vault.worker_failures FROM PUBLIC;
+REVOKE ALL ON FUNCTION vault.worker_item_failures() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.worker_item_failures() TO vault_admin;
+GRANT SELECT ON vault.worker_failures TO vault_admin;
+
+REVOKE ALL ON FUNCTION vault.destroy(text, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.destroy(text, int) TO vault_admin;
 
 -- SECURITY DEFINER functions run as vault_owner, never as the superuser who
 -- ran CREATE EXTENSION.
