@@ -119,7 +119,7 @@ pub fn lock_group_for_drop(client: &mut SpiClient<'_>, id: &GroupId) -> VaultRes
 }
 
 pub fn group(client: &SpiClient<'_>, name: &str) -> VaultResult<GroupRow> {
-    load_group(client, name)?.ok_or_else(|| VaultError::GroupNotFound)
+    load_group(client, name)?.ok_or(VaultError::GroupNotFound)
 }
 
 /// Groups due for rotation, oldest due first, leaving out `skip` (groups
@@ -434,7 +434,7 @@ pub fn check_schedule(what: &str, iv: &Interval, positive: bool) -> VaultResult<
     let at = PgTryBuilder::new(|| unsafe {
         pgrx::direct_function_call::<TimestampWithTimeZone>(
             pg_sys::timestamptz_pl_interval,
-            &[now.into_datum(), iv.clone().into_datum()],
+            &[now.into_datum(), (*iv).into_datum()],
         )
     })
     .catch_others(|_| None)

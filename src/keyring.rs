@@ -11,6 +11,7 @@
 
 use pgrx::prelude::*;
 use secret_vault_core::aad::GroupId;
+use secret_vault_core::aead;
 use secret_vault_core::cache::{Fill, FillEntry, KeyBuf, Probe, SlotInfo};
 use secret_vault_core::policy::{self, Purpose, VersionFacts};
 use secret_vault_core::KeyBytes;
@@ -87,6 +88,12 @@ fn remember(name: &str, id: GroupId, epoch: u64) {
         let mut n = n.borrow_mut();
         let generation = identity::generation();
         if n.epoch != epoch || n.generation != generation || n.map.len() >= NAMES_MAX {
+            if n.epoch != epoch || n.generation != generation {
+                // The cache this backend's keys came from was invalidated
+                // (or the identity changed): drop the cached key schedule
+                // too, so an invalidated key does not linger in it.
+                aead::forget_cached_schedule();
+            }
             n.map.clear();
             n.last = None;
             n.epoch = epoch;

@@ -122,7 +122,7 @@ pub fn load(client: &SpiClient<'_>, name: &str) -> VaultResult<Option<SecretRow>
 }
 
 pub fn get(client: &SpiClient<'_>, name: &str) -> VaultResult<SecretRow> {
-    load(client, name)?.ok_or_else(|| VaultError::SecretNotFound)
+    load(client, name)?.ok_or(VaultError::SecretNotFound)
 }
 
 /// The current version and every older one whose grace window is still open at `now`.

@@ -121,8 +121,35 @@ pub(crate) fn seal_with(key: &KeyBuf, r: keyring::Resolved, id: &[u8; 16], versi
     )?)
 }
 
-fn utf8(bytes: Zeroizing<Vec<u8>>) -> VaultResult<String> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| VaultError::Internal("stored secret value is not UTF-8".into()))
+/// A secret's value on its way out of a SQL function. Converting it makes
+/// the `text` PostgreSQL returns (in PostgreSQL memory, beyond our reach);
+/// the Rust copy is then wiped, where a `String` result would be freed
+/// unwiped after the conversion.
+pub struct SecretText(Zeroizing<String>);
+
+impl_sql_translatable!(SecretText, "TEXT");
+
+// SAFETY: returns a valid text datum, palloc'd in the caller's context, or
+// SQL NULL, exactly as pgrx does for `String`.
+unsafe impl pgrx::callconv::BoxRet for SecretText {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        match self.0.as_str().into_datum() {
+            Some(datum) => unsafe { fcinfo.return_raw_datum(datum) },
+            None => fcinfo.return_null(),
+        }
+    }
+}
+
+/// The opened value as text: the buffer is moved, not copied, so the one
+/// copy there is is wiped whether or not it is UTF-8.
+fn utf8(mut bytes: Zeroizing<Vec<u8>>) -> VaultResult<SecretText> {
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(s) => Ok(SecretText(Zeroizing::new(s))),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            Err(VaultError::Internal("stored secret value is not UTF-8".into()))
+        }
+    }
 }
 
 /// The key to seal under: the current key of `key_group` (an 'encrypt'
@@ -244,7 +271,7 @@ fn create_rotating_secret(
 
 /// The current value.
 #[pg_extern(stable, strict, parallel_safe)]
-fn read_secret(name: &str) -> String {
+fn read_secret(name: &str) -> SecretText {
     (|| {
         let (s, values) = live(name)?;
         let v = values
@@ -380,7 +407,7 @@ fn secret_versions(
 /// even with it the caller must hold SELECT on `vault.decrypted_secrets`:
 /// it opens nothing for anyone who may not list every value anyway.
 #[pg_extern(stable, strict, parallel_safe, name = "_open_secret")]
-fn open_secret(key_group: &str, secret_id: Uuid, version: i32, ciphertext: &[u8]) -> String {
+fn open_secret(key_group: &str, secret_id: Uuid, version: i32, ciphertext: &[u8]) -> SecretText {
     (|| {
         let view = identity::current()?.decrypted_secrets_view;
         // SAFETY: an ACL check on a relation by OID; no state is changed.

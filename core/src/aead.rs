@@ -8,29 +8,65 @@ use chacha20poly1305::XChaCha20Poly1305;
 use rand::rngs::OsRng;
 use rand::RngCore;
 
+use crate::secure::SecureBox;
 use crate::CryptoError;
 use std::cell::RefCell;
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
 
 pub const TAG_LEN: usize = 16;
 
+/// The last AES-GCM-SIV key this thread used and its expanded schedule, on
+/// pages of their own (not dumped, locked where allowed, wiped when freed):
+/// a run of messages under one ring key expands it once, not per message.
+struct SivSchedule {
+    key: [u8; 32],
+    cipher: Aes256GcmSiv,
+}
+
 thread_local! {
-    /// The last AES-GCM-SIV key used by this thread with its expanded key
-    /// schedule (zeroized on drop by the aes crate's `zeroize` feature), so a
-    /// run of messages under one ring key expands it once, not per message.
-    static SIV: RefCell<Option<(Zeroizing<[u8; 32]>, Aes256GcmSiv)>> = const { RefCell::new(None) };
+    static SIV: RefCell<Option<SecureBox<SivSchedule>>> = const { RefCell::new(None) };
 }
 
 fn with_siv<R>(key: &[u8; 32], f: impl FnOnce(&Aes256GcmSiv) -> R) -> R {
     SIV.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let hit = matches!(slot.as_ref(), Some((k, _)) if bool::from(k.ct_eq(key)));
-        if !hit {
-            *slot = Some((Zeroizing::new(*key), Aes256GcmSiv::new(key.into())));
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            // Re-entered (cannot happen today): serve without the cache.
+            return f(&Aes256GcmSiv::new(key.into()));
+        };
+        match slot.as_mut() {
+            Some(s) if bool::from(s.key.ct_eq(key)) => {}
+            // Replaced in place: the old schedule's drop wipes it (aes
+            // `zeroize`) and the mapping is reused.
+            Some(s) => {
+                s.key = *key;
+                s.cipher = Aes256GcmSiv::new(key.into());
+            }
+            None => match SecureBox::new(SivSchedule { key: *key, cipher: Aes256GcmSiv::new(key.into()) }) {
+                Ok(b) => *slot = Some(b),
+                // No protected page to be had: work uncached rather than fail.
+                Err(_) => return f(&Aes256GcmSiv::new(key.into())),
+            },
         }
-        f(&slot.as_ref().expect("just set").1)
+        match slot.as_ref() {
+            Some(s) => f(&s.cipher),
+            None => f(&Aes256GcmSiv::new(key.into())),
+        }
     })
+}
+
+/// Drops this thread's cached AES-GCM-SIV schedule (wiping and unmapping
+/// its pages), e.g. when the key cache it was filled from is invalidated.
+pub fn forget_cached_schedule() {
+    SIV.with(|cell| {
+        if let Ok(mut slot) = cell.try_borrow_mut() {
+            *slot = None;
+        }
+    });
+}
+
+#[cfg(test)]
+fn cached_schedule_addr() -> Option<usize> {
+    SIV.with(|cell| cell.borrow().as_ref().map(|b| b.addr()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -315,6 +351,23 @@ mod tests {
         assert_ne!(a, b);
         assert!(alg.open(&[1u8; 32], &nonce, b"", &b).is_err());
         assert_eq!(alg.open(&[2u8; 32], &nonce, b"", &b).unwrap(), b"x");
+    }
+
+    #[test]
+    fn cached_schedule_is_on_protected_pages_and_forgetting_it_unmaps_them() {
+        let alg = Algorithm::Aes256GcmSiv;
+        let nonce = alg.random_nonce();
+        let sealed = alg.seal(&[4u8; 32], &nonce, b"", b"x").unwrap();
+        let addr = cached_schedule_addr().expect("schedule cached after a seal");
+        let page = crate::secure::tests::page_size_for_tests();
+        assert_eq!(addr % page, 0);
+        let flags = crate::secure::tests::vm_flags(addr).expect("mapping in smaps");
+        assert!(flags.iter().any(|f| f == "dd"), "{flags:?}");
+        forget_cached_schedule();
+        assert_eq!(cached_schedule_addr(), None);
+        // The next use rebuilds it.
+        assert_eq!(alg.open(&[4u8; 32], &nonce, b"", &sealed).unwrap(), b"x");
+        assert!(cached_schedule_addr().is_some());
     }
 
     #[test]

@@ -22,9 +22,17 @@ impl KeyBytes {
         KeyBytes(bytes.to_vec().into_boxed_slice())
     }
 
-    /// Takes ownership of a buffer without copying it.
-    pub fn from_vec(bytes: Vec<u8>) -> Self {
-        KeyBytes(bytes.into_boxed_slice())
+    /// Takes ownership of a buffer, without copying it when it has no
+    /// spare capacity. With spare capacity `into_boxed_slice` would shrink
+    /// it by reallocating, which may move the bytes and free the old block
+    /// unwiped; such a buffer is copied instead and wiped, capacity and all.
+    pub fn from_vec(mut bytes: Vec<u8>) -> Self {
+        if bytes.capacity() == bytes.len() {
+            return KeyBytes(bytes.into_boxed_slice());
+        }
+        let k = Self::from_slice(&bytes);
+        bytes.zeroize();
+        k
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -90,6 +98,15 @@ mod tests {
         let b = KeyBytes::random(32);
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn from_vec_keeps_the_bytes_whatever_the_spare_capacity() {
+        let exact = vec![7u8; 32];
+        assert_eq!(KeyBytes::from_vec(exact).as_bytes(), &[7u8; 32]);
+        let mut spare = Vec::with_capacity(48);
+        spare.extend_from_slice(&[8u8; 32]);
+        assert_eq!(KeyBytes::from_vec(spare).as_bytes(), &[8u8; 32]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod kms;
 pub mod policy;
 pub mod secret;
+pub mod secure;
 
 pub use error::{CryptoError, KmsError, PolicyError};
 pub use keys::KeyBytes;

@@ -54,25 +54,51 @@ impl Generator {
     }
 
     /// A fresh value from the operating system's CSPRNG.
+    ///
+    /// Every value is written into a buffer of its final size and every
+    /// temporary is wiped: a growing String or Vec reallocates and frees
+    /// the old block, holding part of the value, unwiped.
     pub fn generate(&self) -> Zeroizing<String> {
         let random = |n: usize| {
             let mut b = Zeroizing::new(vec![0u8; n]);
             OsRng.fill_bytes(&mut b);
             b
         };
-        Zeroizing::new(match *self {
-            Generator::Base64Url(n) => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&*random(n)),
-            Generator::Hex(n) => hex::encode(&*random(n)),
+        match *self {
+            // `encode` allocates the exact encoded length once.
+            Generator::Base64Url(n) => Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&*random(n))),
+            Generator::Hex(n) => {
+                let mut out = Zeroizing::new(String::with_capacity(2 * n));
+                random(n).iter().for_each(|&b| push_hex(&mut out, b));
+                out
+            }
             Generator::Alnum(n) => {
+                let mut out = Zeroizing::new(String::with_capacity(n));
                 // gen_range is uniform (rejection sampling), so no character is favoured.
-                (0..n).map(|_| ALNUM[OsRng.gen_range(0..ALNUM.len())] as char).collect()
+                (0..n).for_each(|_| out.push(ALNUM[OsRng.gen_range(0..ALNUM.len())] as char));
+                out
             }
             Generator::Uuid => {
-                let h = Zeroizing::new(hex::encode(crate::keys::random_uuid_v4()));
-                format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+                let id = Zeroizing::new(crate::keys::random_uuid_v4());
+                let mut out = Zeroizing::new(String::with_capacity(36));
+                for (i, &b) in id.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        out.push('-');
+                    }
+                    push_hex(&mut out, b);
+                }
+                out
             }
-        })
+        }
     }
+}
+
+/// Appends `b` as two lowercase hex digits (ASCII, so within a capacity
+/// reserved as two bytes per input byte).
+fn push_hex(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(HEX[usize::from(b >> 4)] as char);
+    out.push(HEX[usize::from(b & 0x0f)] as char);
 }
 
 /// Whether `candidate` equals any of `values`, in time that depends only on
@@ -133,6 +159,24 @@ mod tests {
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
         assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+    }
+
+    #[test]
+    fn generated_values_fill_exactly_their_preallocated_capacity() {
+        // A value that outgrew its first allocation would have left a
+        // freed, unwiped copy of its prefix behind.
+        for g in [Generator::Base64Url(32), Generator::Hex(16), Generator::Alnum(40), Generator::Uuid] {
+            let v = g.generate();
+            assert_eq!(v.capacity(), v.len(), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn uuid_values_are_hyphenated_lowercase_hex() {
+        let u = Generator::Uuid.generate();
+        let groups: Vec<&str> = u.split('-').collect();
+        assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(groups.iter().all(|g| g.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())));
     }
 
     #[test]

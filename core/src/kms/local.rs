@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use super::KmsProvider;
 use crate::aead::Algorithm;
 use crate::keys::KeyBytes;
+use crate::secure::SecureBox;
 use crate::KmsError;
 
 const WRAP_FORMAT_V1: u8 = 0x01;
@@ -21,7 +22,9 @@ const FINGERPRINT_LABEL: &[u8] = b"secret_vault/local-master-key/v1";
 const MAX_KEY_FILE_LEN: u64 = 4096;
 
 pub struct LocalKms {
-    key: KeyBytes,
+    /// Cached for the life of a backend, so on protected pages: kept out
+    /// of core dumps and (where RLIMIT_MEMLOCK allows) swap, wiped on drop.
+    key: SecureBox<[u8; 32]>,
     id: String,
 }
 
@@ -44,7 +47,9 @@ impl LocalKms {
         h.update(FINGERPRINT_LABEL);
         h.update(key.as_bytes());
         let id = format!("local:sha256:{}", hex::encode(h.finalize()));
-        Ok(LocalKms { key, id })
+        let mut secure = SecureBox::<[u8; 32]>::zeroed().map_err(|e| KmsError::Config(e.to_string()))?;
+        secure.copy_from_slice(key.as_bytes());
+        Ok(LocalKms { key: secure, id })
     }
 
     /// Reads a master key file: 64 hex digits, base64 of 32 bytes, or 32 raw
@@ -175,8 +180,11 @@ fn parse_key_material(raw: &[u8]) -> Option<KeyBytes> {
     }
     let text = std::str::from_utf8(raw).ok()?.trim();
     if text.len() == 64 {
-        if let Ok(bytes) = hex::decode(text) {
-            return Some(KeyBytes::from_vec(bytes));
+        // Into a fixed buffer: `hex::decode` grows its Vec as it goes,
+        // leaving freed, unwiped copies of the first key bytes behind.
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        if hex::decode_to_slice(text, &mut bytes[..]).is_ok() {
+            return Some(KeyBytes::from_slice(&bytes[..]));
         }
     }
     let bytes = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(text).ok()?);
@@ -201,7 +209,7 @@ impl KmsProvider for LocalKms {
 
     fn wrap(&self, key: &KeyBytes, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
         let alg = Algorithm::Aes256GcmSiv;
-        let master = self.key.as_aead_key().map_err(|e| KmsError::Config(e.to_string()))?;
+        let master: &[u8; 32] = &self.key;
         let nonce = alg.random_nonce();
         let sealed = alg
             .seal(master, &nonce, &wrap_aad(aad), key.as_bytes())
@@ -226,7 +234,7 @@ impl KmsProvider for LocalKms {
             return Err(corrupt());
         }
         let (nonce, sealed) = wrapped[1..].split_at(alg.nonce_len());
-        let master = self.key.as_aead_key().map_err(|e| KmsError::Config(e.to_string()))?;
+        let master: &[u8; 32] = &self.key;
         alg.open(master, nonce, &wrap_aad(aad), sealed)
             .map(KeyBytes::from_vec)
             .map_err(|_| corrupt())
@@ -248,6 +256,14 @@ mod tests {
         let w = k.wrap(&ring, b"g1/v1").unwrap();
         assert_eq!(k.unwrap(k.key_id(), &w, b"g1/v1").unwrap(), ring);
         assert!(matches!(k.unwrap(k.key_id(), &w, b"g1/v2"), Err(KmsError::WrappedKeyCorrupt { .. })));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn master_key_is_held_on_pages_excluded_from_core_dumps() {
+        let k = kms();
+        let flags = crate::secure::tests::vm_flags(k.key.addr()).expect("mapping in smaps");
+        assert!(flags.iter().any(|f| f == "dd"), "{flags:?}");
     }
 
     #[test]
