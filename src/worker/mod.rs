@@ -192,6 +192,9 @@ impl Worker {
             self.step("cache sync", |w| w.sync(&ident));
             self.last_sync = Some(Instant::now());
         }
+        // The worker never resets a name map, where backends drop their
+        // cached key schedule: drop it once per round instead.
+        secret_vault_core::aead::forget_cached_schedule();
         self.slot.runs.fetch_add(1, Relaxed);
         self.slot.last_run.store(catalog::now_micros(), Relaxed);
         None
