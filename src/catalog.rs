@@ -437,14 +437,14 @@ pub fn check_schedule(what: &str, iv: &Interval, positive: bool) -> VaultResult<
             &[now.into_datum(), (*iv).into_datum()],
         )
     })
-    .catch_others(|_| None)
+    .catch_when(PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW, |_| None)
     .execute();
     match at {
         None => Err(VaultError::Policy(secret_vault_core::PolicyError::Invalid(format!(
             "{what} is out of range: now plus it is not a valid timestamp"
         )))),
         Some(at) if positive && at <= now => Err(VaultError::Policy(secret_vault_core::PolicyError::Invalid(format!(
-            "{what} must be longer than zero"
+            "{what} must be at least 1 second"
         )))),
         Some(_) => Ok(()),
     }
@@ -465,6 +465,7 @@ pub fn destroy_blockers(client: &SpiClient<'_>, id: &GroupId, below: i32) -> Vau
              (SELECT pg_catalog.count(*) FROM vault.secret_values v
                 JOIN vault.secret_store s ON s.id OPERATOR(pg_catalog.=) v.secret_id
                WHERE s.key_group_id OPERATOR(pg_catalog.=) $1
+                 AND v.valid_until OPERATOR(pg_catalog.>) pg_catalog.now()
                  AND pg_catalog.substring(v.ciphertext, 3, 4) OPERATOR(pg_catalog.<) pg_catalog.int4send($2))")?,
         Some(1),
         &[uuid(id).into(), below.into()],

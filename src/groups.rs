@@ -206,7 +206,7 @@ fn destroy(group_name: &str, below_version: i32) -> i64 {
             return Err(VaultError::DestroyRefused {
                 group: group_name.to_string(),
                 reason: format!("{sealed} stored secret value(s) are sealed under versions below {below_version}"),
-                hint: "Update or rotate those secrets (see vault.secrets.key_group), and wait for superseded values to be pruned.".into(),
+                hint: "Update or rotate those secrets (see vault.secrets.key_group); values still in their grace window count too.".into(),
             });
         }
         let n = catalog::destroy_below(client, &group.id, below_version)?;

@@ -65,13 +65,14 @@ pub const MAX_INTERVAL_TEXT: &str = "100 years";
 
 /// Checks one schedule interval: no negative part (a month minus 40 days is
 /// positive in some months and negative in others), at most
-/// [`MAX_INTERVAL`], and, when `positive`, longer than zero.
+/// [`MAX_INTERVAL`], and, when `positive` (a rotation schedule), at least
+/// one second: shorter would mint a key and call the KMS every round.
 pub fn validate_interval(what: &str, s: Span, positive: bool) -> Result<(), PolicyError> {
     if s.months < 0 || s.days < 0 || s.micros < 0 {
         return Err(PolicyError::Invalid(format!("{what} must not be negative or have negative parts")));
     }
-    if positive && s.approx_micros() == 0 {
-        return Err(PolicyError::Invalid(format!("{what} must be longer than zero")));
+    if positive && s.approx_micros() < 1_000_000 {
+        return Err(PolicyError::Invalid(format!("{what} must be at least 1 second")));
     }
     // One measure for all three fields, in 1/1200 days: a month is a
     // twelfth of an average Gregorian year (36525 days per century).
@@ -253,11 +254,12 @@ mod tests {
     #[test]
     fn intervals_refuse_negative_parts_zero_and_more_than_a_century() {
         let iv = |months, days, micros| Span { months, days, micros };
-        assert!(validate_interval("x", iv(0, 0, 1), true).is_ok());
+        assert!(validate_interval("x", iv(0, 0, 1_000_000), true).is_ok());
+        assert!(validate_interval("x", iv(0, 0, 1), false).is_ok());
         assert!(validate_interval("x", iv(1200, 0, 0), true).is_ok());
         assert!(validate_interval("x", iv(0, 36525, 0), true).is_ok());
         assert!(validate_interval("x", iv(0, 0, 0), false).is_ok());
-        for bad in [iv(0, 0, 0), iv(1, -40, 0), iv(0, 0, -1), iv(-1, 0, 0), iv(1201, 0, 0), iv(0, 36526, 0),
+        for bad in [iv(0, 0, 0), iv(0, 0, 999_999), iv(1, -40, 0), iv(0, 0, -1), iv(-1, 0, 0), iv(1201, 0, 0), iv(0, 36526, 0),
                     iv(0, 0, 36526 * USECS_PER_DAY), iv(1200, 1, 0), iv(12_000_000, 0, 0), iv(0, 0, i64::MAX)] {
             let e = validate_interval("rotation_interval", bad, true).unwrap_err();
             assert!(e.to_string().starts_with("rotation_interval must"), "{bad:?}: {e}");

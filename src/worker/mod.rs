@@ -75,6 +75,22 @@ fn txn_raw<R>(f: impl FnOnce() -> VaultResult<R>) -> VaultResult<R> {
     r
 }
 
+/// Runs one item or step with every PostgreSQL error and Rust panic caught,
+/// also those raised between transactions (a KMS client, the cache code):
+/// the worker reports it and goes on, it does not exit.
+fn guarded<R>(f: impl FnOnce() -> VaultResult<R>) -> VaultResult<R> {
+    PgTryBuilder::new(AssertUnwindSafe(f))
+        .catch_others(|e| {
+            // SAFETY: the error state was flushed when it was caught; a
+            // transaction left open by the failed code is rolled back.
+            if unsafe { pg_sys::IsTransactionState() } {
+                unsafe { pg_sys::AbortCurrentTransaction() };
+            }
+            Err(caught(e))
+        })
+        .execute()
+}
+
 fn caught(e: pg_sys::panic::CaughtError) -> VaultError {
     use pg_sys::panic::CaughtError;
     match e {
@@ -85,7 +101,7 @@ fn caught(e: pg_sys::panic::CaughtError) -> VaultError {
 }
 
 fn record_error(slot: &Slot, context: &str, e: VaultError) {
-    let msg = format!("{context}: {}", e.message());
+    let msg = format!("{context}: {}", e.message().escape_debug());
     pgrx::log!("secret_vault worker: {msg}");
     slot.set_last_error(&msg);
     slot.errors.fetch_add(1, Relaxed);
@@ -98,6 +114,10 @@ struct Worker {
     last_sync: Option<Instant>,
     secrets_fingerprint: Option<(i64, i64, i64)>,
     last_prune: Option<Instant>,
+    /// Every item that failed and when to try it next (µs). Unbounded, so
+    /// that however many items fail, all of them are kept out of the due
+    /// batches until their time; shared memory shows the newest of them.
+    backoff: HashMap<(ItemKind, [u8; 16]), (u32, i64)>,
 }
 
 #[pg_guard]
@@ -125,7 +145,20 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         last_sync: None,
         secrets_fingerprint: None,
         last_prune: None,
+        backoff: slot.failures().into_iter().map(|f| ((f.kind, f.id), (f.failures, f.next_attempt))).collect(),
     };
+    // A row lock held by a session (an open transaction that rotated or
+    // updated the item) must not stall every other item: waits end after
+    // this, as an error of that one item, retried with backoff.
+    // (statement_timeout is not armed in background workers.)
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"lock_timeout".as_ptr(),
+            c"2s".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     loop {
         if let Some(exit) = w.tick() {
             if exit == State::NotInstalled {
@@ -203,26 +236,39 @@ impl Worker {
     /// Runs one step of a round; its own failure (listing what is due, say)
     /// is recorded and the round goes on with the next step.
     fn step(&mut self, context: &str, f: impl FnOnce(&mut Self) -> VaultResult<()>) {
-        if let Err(e) = f(self) {
+        if let Err(e) = guarded(|| f(self)) {
             record_error(self.slot, context, e);
         }
     }
 
     /// Items of `kind` that failed and are still waiting for their next attempt.
     fn backing_off(&self, kind: ItemKind) -> Vec<[u8; 16]> {
-        self.slot.backing_off(kind, catalog::now_micros())
+        let now = catalog::now_micros();
+        self.backoff.iter().filter(|((k, _), (_, next))| *k == kind && *next > now).map(|((_, id), _)| *id).collect()
     }
 
     /// The outcome of one item: success clears its record, failure records
     /// the error and schedules the next attempt with exponential backoff.
-    fn outcome(&self, kind: ItemKind, id: &[u8; 16], name: &str, r: VaultResult<()>) {
+    fn outcome(&mut self, kind: ItemKind, id: &[u8; 16], name: &str, r: VaultResult<()>) {
+        // Names come from table rows, which a superuser, a restore or
+        // replication may have written without validation: escaped, a
+        // newline in one cannot forge log lines.
+        let name = name.escape_debug().to_string();
         match r {
-            Ok(()) => self.slot.item_ok(kind, id),
+            Ok(()) => {
+                if self.backoff.remove(&(kind, *id)).is_some() {
+                    self.slot.item_ok(kind, id);
+                }
+            }
             Err(e) => {
-                let msg = e.message();
+                let msg = e.message().escape_debug().to_string();
                 let base = guc::WORKER_INTERVAL_MS.get().max(10) as i64 * 1000;
-                let next = self.slot.item_failed(kind, id, &msg, base, MAX_BACKOFF.as_micros() as i64);
-                let wait = (next - catalog::now_micros()).max(0) / 1000;
+                let failures = self.backoff.get(&(kind, *id)).map_or(0, |f| f.0).saturating_add(1);
+                let delay = base.saturating_mul(1i64 << (failures - 1).min(20)).min(MAX_BACKOFF.as_micros() as i64);
+                let next = catalog::now_micros() + delay;
+                self.backoff.insert((kind, *id), (failures, next));
+                self.slot.item_failed(kind, id, &msg, failures, next);
+                let wait = delay / 1000;
                 pgrx::log!("secret_vault worker: {} of \"{name}\" failed, next attempt in {wait} ms: {msg}", kind.label());
                 self.slot.set_last_error(&format!("{} of \"{name}\": {msg}", kind.label()));
                 self.slot.errors.fetch_add(1, Relaxed);
@@ -253,11 +299,11 @@ impl Worker {
             if failed.contains(&group.id) {
                 continue;
             }
-            let r = (|| {
+            let r = guarded(|| {
                 let key = kms::unwrap(&group, &row)?;
                 let (key_id, wrapped) = kms::rebind_ring_key(&group, row.version, &key)?;
                 txn(|_| Spi::connect_mut(|c| catalog::rebind_key(c, &group.id, row.version, &row.wrapped, &key_id, &wrapped))).map(|_| ())
-            })();
+            });
             if r.is_err() {
                 failed.push(group.id);
             }
@@ -273,7 +319,7 @@ impl Worker {
         let skip = self.backing_off(ItemKind::GroupRotation);
         let due = txn(|_| Spi::connect(|c| catalog::due_groups(c, catalog::clock(), DUE_BATCH, &skip)))?;
         for (group, due_at) in due {
-            let r = Self::rotate_group(&group, due_at);
+            let r = guarded(|| Self::rotate_group(&group, due_at));
             self.outcome(ItemKind::GroupRotation, &group.id, &group.name, r);
         }
         Ok(())
@@ -295,7 +341,7 @@ impl Worker {
                 })
             })?;
             if rotated {
-                pgrx::log!("secret_vault worker: rotated key group \"{}\" to version {next}", group.name);
+                pgrx::log!("secret_vault worker: rotated key group \"{}\" to version {next}", group.name.escape_debug());
             }
         }
         Ok(())
@@ -308,7 +354,7 @@ impl Worker {
         let skip = self.backing_off(ItemKind::SecretRotation);
         let due = txn(|_| Spi::connect(|c| secret_store::due(c, catalog::clock(), DUE_BATCH, &skip)))?;
         for (s, due_at) in due {
-            let r = self.rotate_secret(ident, &s, due_at);
+            let r = guarded(|| self.rotate_secret(ident, &s, due_at));
             self.outcome(ItemKind::SecretRotation, &s.id, &s.name, r);
         }
         Ok(())
@@ -341,7 +387,7 @@ impl Worker {
                 })
             })?;
             if rotated {
-                pgrx::log!("secret_vault worker: rotated secret \"{}\" to version {next}", s.name);
+                pgrx::log!("secret_vault worker: rotated secret \"{}\" to version {next}", s.name.escape_debug());
             }
         }
         Ok(())
@@ -388,7 +434,7 @@ impl Worker {
             if present.contains(id) || skip.contains(id) {
                 continue;
             }
-            let r = self.warm(ident, id);
+            let r = guarded(|| self.warm(ident, id));
             self.outcome(ItemKind::CacheWarm, id, &pgrx::Uuid::from_bytes(*id).to_string(), r);
             free -= 1;
         }

@@ -77,7 +77,7 @@ pub struct Slot {
 /// delays nothing else: every item runs on its own).
 pub const FAILURES: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ItemKind {
     Empty = 0,
@@ -160,9 +160,11 @@ impl Slot {
         unsafe { (*self.failures.get()).iter_mut().for_each(|f| f.kind = ItemKind::Empty) };
     }
 
-    /// Records a failed attempt on one item and returns its next attempt
-    /// time: `base` doubled per consecutive failure, capped at `cap`.
-    pub fn item_failed(&self, kind: ItemKind, id: &[u8; 16], msg: &str, base_micros: i64, cap_micros: i64) -> i64 {
+    /// Shows a failed attempt on one item to operators: its consecutive
+    /// failures, the error and the next attempt (the worker decides both).
+    /// When the table is full the entry seen longest ago gives way; the
+    /// worker's own backoff does not depend on this table.
+    pub fn item_failed(&self, kind: ItemKind, id: &[u8; 16], msg: &str, failures: u32, next_attempt: i64) {
         let now = crate::catalog::now_micros();
         let msg = secret_vault_core::cache::truncate_on_char_boundary(msg, LAST_ERROR_LEN);
         with_lock(pg_sys::LWLockMode::LW_EXCLUSIVE, || {
@@ -172,21 +174,16 @@ impl Slot {
                 .iter()
                 .position(|f| f.kind == kind && f.id == *id)
                 .or_else(|| table.iter().position(|f| f.kind == ItemKind::Empty))
-                .unwrap_or_else(|| {
-                    (0..FAILURES).min_by_key(|&i| table[i].last_at).expect("FAILURES > 0")
-                });
+                .unwrap_or_else(|| (0..FAILURES).min_by_key(|&i| table[i].last_at).unwrap_or(0));
             let f = &mut table[i];
             if f.kind != kind || f.id != *id {
                 *f = Failure { kind, id: *id, failures: 0, first_at: now, last_at: now, next_attempt: 0, error_len: 0, error: [0; LAST_ERROR_LEN] };
             }
-            f.failures = f.failures.saturating_add(1);
+            f.failures = failures;
             f.last_at = now;
-            let shift = (f.failures - 1).min(20);
-            let delay = base_micros.max(1).saturating_mul(1i64 << shift).min(cap_micros);
-            f.next_attempt = now + delay;
+            f.next_attempt = next_attempt;
             f.error[..msg.len()].copy_from_slice(msg.as_bytes());
             f.error_len = msg.len() as u32;
-            f.next_attempt
         })
     }
 
@@ -202,15 +199,6 @@ impl Slot {
             // SAFETY: writers hold the registry lock exclusively.
             let table = unsafe { &mut *self.failures.get() };
             table.iter_mut().filter(|f| f.kind == kind && f.id == *id).for_each(|f| f.kind = ItemKind::Empty);
-        })
-    }
-
-    /// Items of `kind` still backing off at `now`.
-    pub fn backing_off(&self, kind: ItemKind, now: i64) -> Vec<[u8; 16]> {
-        with_lock(pg_sys::LWLockMode::LW_SHARED, || {
-            // SAFETY: readers hold the registry lock shared.
-            let table = unsafe { &*self.failures.get() };
-            table.iter().filter(|f| f.kind == kind && f.next_attempt > now).map(|f| f.id).collect()
         })
     }
 

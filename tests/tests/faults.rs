@@ -91,7 +91,8 @@ fn schedule_intervals_are_checked_at_creation() {
         ("SELECT vault.create_group('a', propagation_delay => '1000000 years')", "propagation_delay must be at most 100 years"),
         ("SELECT vault.create_group('a', rotation_interval => '101 years')", "rotation_interval"),
         ("SELECT vault.create_group('a', rotation_interval => '1 month -40 days')", "negative"),
-        ("SELECT vault.create_group('a', rotation_interval => '0')", "longer than zero"),
+        ("SELECT vault.create_group('a', rotation_interval => '0')", "at least 1 second"),
+        ("SELECT vault.create_group('a', rotation_interval => '1 microsecond')", "at least 1 second"),
         ("SELECT vault.create_group('a', propagation_delay => '-1 second')", "negative"),
         ("SELECT vault.create_rotating_secret('s', '1 day', grace_period => '1000000 years')", "grace_period"),
         ("SELECT vault.create_rotating_secret('s', '-1 day')", "rotation_interval"),
@@ -242,4 +243,72 @@ fn superseded_secret_values_are_pruned_and_retired_keys_can_be_destroyed() {
     assert_eq!(db.query_one("SELECT vault.read_secret('s')", &[]).unwrap().get::<_, String>(0), "v9");
     let n: i64 = db.query_one("SELECT vault.destroy('sg', 2)", &[]).unwrap().get(0);
     assert_eq!(n, 0, "destroying again is a no-op");
+}
+
+#[test]
+fn a_row_lock_held_by_a_session_fails_that_item_only() {
+    let c = Cluster::start_with("lockwait", &["secret_vault.worker_interval = '100ms'"]);
+    let mut db = c.client();
+    db.batch_execute(
+        "SELECT vault.create_group('held', rotation_interval => '1 second', propagation_delay => '0');
+         SELECT vault.create_group('free', rotation_interval => '1 second', propagation_delay => '0');",
+    )
+    .unwrap();
+    // An open transaction that rotated 'held' keeps its row locked.
+    let mut holder = c.client();
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute("SELECT vault.rotate('held')").unwrap();
+    let start = last_version(&mut db, "free");
+    assert!(
+        eventually(Duration::from_secs(30), || last_version(&mut db, "free") >= start + 3),
+        "the free group keeps rotating while the worker cannot lock 'held'"
+    );
+    let err: String = db
+        .query_one("SELECT last_error FROM vault.worker_failures WHERE object = 'held'", &[])
+        .expect("the lock wait is recorded as that item's failure")
+        .get(0);
+    assert!(err.contains("lock timeout"), "{err}");
+    tx.rollback().unwrap();
+}
+
+#[test]
+fn more_failing_items_than_the_failure_table_still_leave_room_for_healthy_ones() {
+    let c = Cluster::start_with("manyfail", &["secret_vault.worker_interval = '100ms'"]);
+    let mut db = c.client();
+    db.batch_execute(
+        "SELECT vault.create_group('bad/' || i, rotation_interval => '1 second', propagation_delay => '0')
+           FROM generate_series(1, 80) i;
+         UPDATE vault.key_groups SET propagation_delay = '1000000 years', next_rotation_at = now() - interval '1 hour'
+          WHERE name LIKE 'bad/%';
+         SELECT vault.create_group('good', rotation_interval => '1 second', propagation_delay => '0');",
+    )
+    .unwrap();
+    let start = last_version(&mut db, "good");
+    assert!(
+        eventually(Duration::from_secs(40), || last_version(&mut db, "good") >= start + 3),
+        "80 failing groups (more than the 32 shown, more than a batch) do not starve a healthy one"
+    );
+    let shown: i64 = db.query_one("SELECT count(*) FROM vault.worker_failures", &[]).unwrap().get(0);
+    assert!((1..=32).contains(&shown), "{shown}");
+}
+
+#[test]
+fn pruning_keeps_values_inside_their_grace_window() {
+    let c = Cluster::start_with_extension("grace");
+    let mut db = c.client();
+    db.batch_execute("ALTER SYSTEM SET secret_vault.secret_versions_kept = 0").unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    db.batch_execute("SELECT vault.create_rotating_secret('r', '1 day', grace_period => '1 hour')").unwrap();
+    let first: String = db.query_one("SELECT vault.read_secret('r')", &[]).unwrap().get(0);
+    for _ in 0..3 {
+        db.batch_execute("SELECT vault.rotate_secret('r')").unwrap();
+    }
+    let n: i64 = db.query_one("SELECT count(*) FROM vault.secret_versions('r')", &[]).unwrap().get(0);
+    assert_eq!(n, 4, "every value inside its grace window is kept, even with secret_versions_kept = 0");
+    assert!(db.query_one("SELECT vault.verify_secret('r', $1)", &[&first]).unwrap().get::<_, bool>(0));
+    // A manual secret's previous value expires at once and goes.
+    db.batch_execute("SELECT vault.create_secret('m', 'a'); SELECT vault.update_secret('m', 'b');").unwrap();
+    let n: i64 = db.query_one("SELECT count(*) FROM vault.secret_versions('m')", &[]).unwrap().get(0);
+    assert_eq!(n, 1);
 }

@@ -97,13 +97,27 @@ impl LocalKms {
     /// either no key file or a complete one.
     pub fn ensure_key_file(path: &Path) -> Result<KeyFile, KmsError> {
         let id_path = id_file(path);
+        remove_leftovers(path);
         if path.exists() {
-            if !id_path.exists() {
+            let kms = Self::from_file(path)?;
+            match fs::read_to_string(&id_path) {
+                Ok(recorded) if recorded.trim() == kms.key_id() => {}
+                Ok(recorded) => {
+                    // Replaced by hand: keys wrapped by the recorded one will
+                    // not unwrap. Said at every start until resolved.
+                    return Err(KmsError::Config(format!(
+                        "local master key file \"{}\" holds key {}, but this data directory recorded key {}; \
+                         keys wrapped by the recorded one will not unwrap. Put the right file back, or, if the \
+                         change is intended, delete \"{}\"",
+                        path.display(),
+                        kms.key_id(),
+                        recorded.trim(),
+                        id_path.display()
+                    )));
+                }
                 // Written by an older version, or restored without its
                 // record: adopt it, so that losing it later is noticed.
-                if let Ok(kms) = Self::from_file(path) {
-                    write_atomically(&id_path, format!("{}\n", kms.key_id()).as_bytes(), 0o600)?;
-                }
+                Err(_) => write_atomically(&id_path, format!("{}\n", kms.key_id()).as_bytes(), 0o600)?,
             }
             return Ok(KeyFile::Existing);
         }
@@ -128,6 +142,25 @@ impl LocalKms {
         let id = Self::from_key(key)?.id;
         write_atomically(&id_path, format!("{id}\n").as_bytes(), 0o600)?;
         Ok(KeyFile::Created)
+    }
+}
+
+/// Deletes temporary files a crash between writing and linking left
+/// beside the key file: they may hold a whole key.
+fn remove_leftovers(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let mut prefix = name.to_os_string();
+    prefix.push(".tmp.");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let id_prefix = format!("{}.id.tmp.", name.to_string_lossy());
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) || n.starts_with(&id_prefix) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 }
 
@@ -386,5 +419,22 @@ mod tests {
         assert!(id_file(&p).exists());
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_replaced_key_is_reported_and_crash_leftovers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        assert_eq!(LocalKms::ensure_key_file(&p).unwrap(), KeyFile::Created);
+        let leftover = dir.path().join(format!("k.tmp.{}", 99999));
+        fs::write(&leftover, b"half a key").unwrap();
+        assert_eq!(LocalKms::ensure_key_file(&p).unwrap(), KeyFile::Existing);
+        assert!(!leftover.exists(), "a crash leftover is removed");
+        fs::remove_file(&p).unwrap();
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).unwrap();
+        f.write_all(&[6u8; 32]).unwrap();
+        drop(f);
+        let m = LocalKms::ensure_key_file(&p).unwrap_err().to_string();
+        assert!(m.contains("recorded key") && m.contains("will not unwrap"), "{m}");
     }
 }
