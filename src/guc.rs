@@ -36,6 +36,10 @@ pub static SYNC_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// Superseded values kept per secret after their grace window ends.
 pub static SECRET_VERSIONS_KEPT: GucSetting<i32> = GucSetting::<i32>::new(10);
 
+/// Whether messages about vault calls are redacted on their way to the
+/// server log (see src/log_hook.rs and docs/logging.md).
+pub static REDACT_SERVER_LOG: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// File name of the embedded default master key, relative to the data directory.
 pub const DEFAULT_LOCAL_KEY_FILE: &str = "secret_vault_master.key";
 
@@ -115,6 +119,20 @@ pub fn init() {
         &LOCAL_MASTER_KEY_FILE,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
+    );
+    // SUSET: turning it off exposes every session's values in the log, so
+    // only a superuser may (for a session, a role or the server).
+    GucRegistry::define_bool_guc(
+        c"secret_vault.redact_server_log",
+        c"Keeps values passed to vault functions out of the server log.",
+        c"For every message about a vault call: no STATEMENT line, bind parameters and prepared \
+          statement texts dropped from statement logging, and each string literal and bind \
+          parameter of the statement replaced by [redacted] in the logged statement, message, \
+          detail, hint, context and internal query. The client sees the redacted message too. \
+          See docs/logging.md.",
+        &REDACT_SERVER_LOG,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_enum_guc(
         c"secret_vault.cipher",

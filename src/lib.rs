@@ -14,6 +14,7 @@ mod identity;
 mod keyring;
 mod keys;
 mod kms;
+mod log_hook;
 mod secret_store;
 mod secrets;
 mod shmem;
@@ -44,6 +45,7 @@ pub extern "C-unwind" fn _PG_init() {
     shmem::init();
     identity::init();
     hooks::init();
+    log_hook::init();
     worker::register();
     kms::ensure_default_local_key();
 }
