@@ -73,6 +73,7 @@ const SQL_FUNCTIONS: &[&str] = &[
     "decrypt",
     "stats",
     "worker_status",
+    "worker_item_failures",
     "create_credential",
     "credential",
     "drop_credential",
@@ -110,8 +111,6 @@ static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
 enum Input {
     /// A statement text, whose literals are the values.
     Sql,
-    /// A value as is.
-    Value,
 }
 
 /// What the current statement handed the vault without showing it in its
@@ -136,6 +135,8 @@ impl Inputs {
     }
 
     fn clear(&mut self) {
+        // Statement texts may hold literal values: wiped, not just dropped.
+        zeroize::Zeroize::zeroize(&mut self.bytes);
         if self.bytes.capacity() > KEEP_CAPACITY {
             self.bytes = Vec::new();
         } else {
@@ -239,7 +240,13 @@ unsafe fn remember_portal(portal: pg_sys::Portal, inputs: &mut Inputs) {
         if !source.is_null() && source != pg_sys::debug_query_string {
             inputs.add(Input::Sql, CStr::from_ptr(source).to_bytes());
         }
-        if !for_each_text_param((*portal).portalParams, |v| inputs.add(Input::Value, v)) {
+        // Bind parameter values are not copied here: that would put every
+        // value a call is given (a secret, a plaintext) in unwiped memory on
+        // each call. The hook reads the unnamed portal's parameters itself,
+        // while they still exist; a named portal's are left to `blunt`.
+        let params = (*portal).portalParams;
+        let client_values = !params.is_null() && (*params).paramFetch.is_none() && (*params).numParams > 0;
+        if client_values && source != pg_sys::debug_query_string {
             inputs.incomplete = true;
         }
     }
@@ -333,6 +340,11 @@ unsafe fn prepared_text<'a>(query: Option<&[u8]>) -> Option<&'a [u8]> {
         }
         text((*(*entry).plansource).query_string)
     }
+}
+
+/// Whether a statement takes bind parameters (`$1`...).
+fn has_placeholders(sql: &[u8]) -> bool {
+    sql.windows(2).any(|w| w[0] == b'$' && w[1].is_ascii_digit())
 }
 
 fn names_the_vault(sql: &[u8]) -> bool {
@@ -505,7 +517,6 @@ unsafe fn redact_error(e: &mut pg_sys::ErrorData) {
                     let b = &inputs.bytes[s..end];
                     let added = match kind {
                         Input::Sql => values.add_sql(b, sql),
-                        Input::Value => values.add_value(b),
                     };
                     blunt |= added.is_err();
                 }
@@ -517,15 +528,25 @@ unsafe fn redact_error(e: &mut pg_sys::ErrorData) {
     // report: portals are cleaned up after it.
     if in_client_query(query) {
         let portal = unsafe { pg_sys::GetPortalByName(c"".as_ptr()) };
-        if !portal.is_null() {
-            let complete = unsafe { for_each_text_param((*portal).portalParams, |v| blunt |= values.add_value(v).is_err()) };
+        let params = if portal.is_null() { std::ptr::null_mut() } else { unsafe { (*portal).portalParams } };
+        if !params.is_null() {
+            let complete = unsafe { for_each_text_param(params, |v| blunt |= values.add_value(v).is_err()) };
             blunt |= !complete;
+        } else if query.is_some_and(has_placeholders) {
+            // An error while binding (a parameter its type rejects, found
+            // when the plan folds it in): the values are not attached to
+            // the portal yet, and the message may quote one.
+            blunt = true;
         }
     }
 
     // Every rewrite is computed before any field is replaced: replacing
     // frees the texts read above.
-    let message = message.map_or(Rewrite::Keep, |m| {
+    // The extension's own errors name only objects that exist (a name that
+    // matches nothing is not repeated, see src/error.rs) and never a value:
+    // their message and hint reach the client as written.
+    let ours = unsafe { text(e.funcname) } == Some(b"secret_vault".as_slice());
+    let message = message.filter(|_| !ours).map_or(Rewrite::Keep, |m| {
         // Statement logging's message is the statement; it quotes nothing else.
         rewrite(redact_message(m, query, sql, &mut values, blunt && !statement_log), FIXED_MESSAGE)
     });
@@ -540,7 +561,7 @@ unsafe fn redact_error(e: &mut pg_sys::ErrorData) {
     });
     let detail_log =
         detail_log.map_or(Rewrite::Keep, |d| rewrite(redact_detail(d, format, sql, &mut values, blunt), FIXED_DETAIL));
-    let hint = hint.map_or(Rewrite::Keep, |h| rewrite(scrub(h, &mut values, blunt), FIXED_HINT));
+    let hint = hint.filter(|_| !ours).map_or(Rewrite::Keep, |h| rewrite(scrub(h, &mut values, blunt), FIXED_HINT));
     let context = context.map_or(Rewrite::Keep, |c| {
         let redacted = (|| {
             let mut marks = Marks::new();
