@@ -179,9 +179,11 @@ fn tick(st: &mut Launcher) {
             continue;
         };
         started += 1;
+        // Before the start: a worker quick to connect sets Running itself,
+        // and must not be overwritten with Starting afterwards.
+        slot.set_state(State::Starting);
         match start_worker(db) {
             Ok(w) => {
-                slot.set_state(State::Starting);
                 st.next_probe.insert(db, now + PROBE_EVERY_MICROS);
                 st.running.insert(db, w);
             }

@@ -247,6 +247,23 @@ impl Worker {
         self.backoff.iter().filter(|((k, _), (_, next))| *k == kind && *next > now).map(|((_, id), _)| *id).collect()
     }
 
+    /// Forgets failures of `kind` whose backoff is over but that a complete
+    /// listing of due items no longer holds: dropped, or repaired and
+    /// rescheduled by hand. Nothing is failing there any more.
+    fn forget_settled(&mut self, kind: ItemKind, listed: &[[u8; 16]]) {
+        let now = catalog::now_micros();
+        let settled: Vec<[u8; 16]> = self
+            .backoff
+            .iter()
+            .filter(|((k, id), (_, next))| *k == kind && *next <= now && !listed.contains(id))
+            .map(|((_, id), _)| *id)
+            .collect();
+        for id in settled {
+            self.backoff.remove(&(kind, id));
+            self.slot.item_ok(kind, &id);
+        }
+    }
+
     /// The outcome of one item: success clears its record, failure records
     /// the error and schedules the next attempt with exponential backoff.
     fn outcome(&mut self, kind: ItemKind, id: &[u8; 16], name: &str, r: VaultResult<()>) {
@@ -318,6 +335,10 @@ impl Worker {
     fn rotate_due(&mut self) -> VaultResult<()> {
         let skip = self.backing_off(ItemKind::GroupRotation);
         let due = txn(|_| Spi::connect(|c| catalog::due_groups(c, catalog::clock(), DUE_BATCH, &skip)))?;
+        if (due.len() as i64) < DUE_BATCH {
+            let listed: Vec<[u8; 16]> = due.iter().map(|(g, _)| g.id).collect();
+            self.forget_settled(ItemKind::GroupRotation, &listed);
+        }
         for (group, due_at) in due {
             let r = guarded(|| Self::rotate_group(&group, due_at));
             self.outcome(ItemKind::GroupRotation, &group.id, &group.name, r);
@@ -353,6 +374,10 @@ impl Worker {
     fn rotate_due_secrets(&mut self, ident: &Identity) -> VaultResult<()> {
         let skip = self.backing_off(ItemKind::SecretRotation);
         let due = txn(|_| Spi::connect(|c| secret_store::due(c, catalog::clock(), DUE_BATCH, &skip)))?;
+        if (due.len() as i64) < DUE_BATCH {
+            let listed: Vec<[u8; 16]> = due.iter().map(|(s, _)| s.id).collect();
+            self.forget_settled(ItemKind::SecretRotation, &listed);
+        }
         for (s, due_at) in due {
             let r = guarded(|| self.rotate_secret(ident, &s, due_at));
             self.outcome(ItemKind::SecretRotation, &s.id, &s.name, r);

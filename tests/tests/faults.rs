@@ -70,6 +70,21 @@ fn a_poisoned_group_does_not_stop_the_others_and_shows_its_error_without_restart
     assert_eq!(worker_pid(&mut db), pid, "the worker caught the errors and was not restarted");
     assert!(!c.log().contains("exited with exit code 1"), "no worker exit in the log");
 
+    // A failing group that is dropped: its record goes once its backoff is over.
+    db.batch_execute(
+        "SELECT vault.create_group('gone', rotation_interval => '1 second', propagation_delay => '0');
+         UPDATE vault.key_groups SET propagation_delay = '1000000 years', next_rotation_at = now() - interval '1 hour'
+          WHERE name = 'gone';",
+    )
+    .unwrap();
+    let gone_id: String = db.query_one("SELECT id::text FROM vault.key_groups WHERE name = 'gone'", &[]).unwrap().get(0);
+    let gone = |db: &mut postgres::Client| -> i64 {
+        db.query_one("SELECT count(*) FROM vault.worker_failures WHERE object_id::text = $1", &[&gone_id]).unwrap().get(0)
+    };
+    assert!(eventually(Duration::from_secs(20), || gone(&mut db) == 1), "the dropped group failed first");
+    db.batch_execute("SELECT vault.drop_group('gone')").unwrap();
+    assert!(eventually(Duration::from_secs(60), || gone(&mut db) == 0), "its failure record goes with it");
+
     // Repaired, the group rotates and its failure record goes away.
     db.batch_execute(
         "UPDATE vault.key_groups SET propagation_delay = '0' WHERE name = 'poison';
