@@ -115,22 +115,8 @@ pub fn encrypt(
     binding: Binding<'_>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    if key_version == 0 {
-        return Err(CryptoError::ZeroVersion);
-    }
-    check_context(&binding)?;
-    let key = aead_key(key)?;
-    let format = match binding {
-        Binding::Data(_) => FORMAT_V1,
-        Binding::Secret { .. } => FORMAT_SECRET,
-    };
-    let header = header(format, algorithm, key_version);
-    let nonce = algorithm.random_nonce();
-    let sealed = with_aad(format, &header, group, binding, |aad| algorithm.seal(key, &nonce, aad, plaintext))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + nonce.len() + sealed.len());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
+    let mut out = vec![0u8; ciphertext_len(algorithm, plaintext.len()).ok_or(CryptoError::TooLarge)?];
+    encrypt_into(algorithm, key, key_version, group, binding, plaintext, &mut out)?;
     Ok(out)
 }
 
