@@ -194,10 +194,18 @@ fn create(
     validate_value(value)?;
     Spi::connect_mut(|client| {
         let mut key = KeyBuf::new();
+        let found = seal_key(client, key_group, &mut key)?;
+        // Hold the group against a concurrent drop_group or destroy until we
+        // commit (they wait, then see this secret); a group dropped meanwhile
+        // is gone.
+        if !secret_store::lock_group(client, &found.group_id)? {
+            return Err(VaultError::GroupNotFound);
+        }
+        // Resolved again under the lock (a cache hit): a rotation, retire
+        // and destroy that all committed before the lock was granted cannot
+        // leave this value sealed under a destroyed key.
         let sealing = seal_key(client, key_group, &mut key)?;
-        // Hold the group against a concurrent drop_group until we commit (it
-        // waits, then sees this secret); a group dropped meanwhile is gone.
-        if !secret_store::lock_group(client, &sealing.group_id)? {
+        if sealing.group_id != found.group_id {
             return Err(VaultError::GroupNotFound);
         }
         let id = secret_vault_core::keys::random_uuid_v4();

@@ -151,13 +151,14 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
     // updated the item) must not stall every other item: waits end after
     // this, as an error of that one item, retried with backoff.
     // (statement_timeout is not armed in background workers.)
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"lock_timeout".as_ptr(),
-            c"2s".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
+    // And in a deadlock with a session (DROP EXTENSION takes the vault
+    // tables one by one while the worker reads two of them), the worker
+    // looks first and so is the one that gives way: its item is retried,
+    // the session's command goes through.
+    for (name, value) in [(c"lock_timeout", c"2s"), (c"deadlock_timeout", c"100ms")] {
+        unsafe {
+            pg_sys::SetConfigOption(name.as_ptr(), value.as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
+        }
     }
     loop {
         if let Some(exit) = w.tick() {
