@@ -394,6 +394,12 @@ pub fn retire_below(client: &mut SpiClient<'_>, group: &GroupId, below: i32, now
         None,
         &[uuid(group).into(), below.into(), now.into()],
     )?;
+    bump_change_seq(client, group)
+}
+
+/// Marks a group's keys as changed: every cache holding a copy loaded
+/// from an older change_seq drops it.
+fn bump_change_seq(client: &mut SpiClient<'_>, group: &GroupId) -> VaultResult<()> {
     client.update(
         &sql("UPDATE vault.key_groups SET change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
           WHERE id OPERATOR(pg_catalog.=) $1")?,
@@ -486,12 +492,7 @@ pub fn destroy_below(client: &mut SpiClient<'_>, id: &GroupId, below: i32) -> Va
     )?;
     let n = rows.len() as i64;
     if n > 0 {
-        client.update(
-            &sql("UPDATE vault.key_groups SET change_seq = pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
-                   WHERE id OPERATOR(pg_catalog.=) $1")?,
-            None,
-            &[uuid(id).into()],
-        )?;
+        bump_change_seq(client, id)?;
     }
     Ok(n)
 }

@@ -107,18 +107,14 @@ const FIXED_PARAMETERS: &[u8] = b"parameters redacted by secret_vault";
 
 static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Input {
-    /// A statement text, whose literals are the values.
-    Sql,
-}
-
 /// What the current statement handed the vault without showing it in its
 /// own text: the text of the prepared statement an EXECUTE runs (or of a
-/// cursor's query) and bind parameter values.
+/// cursor's query), whose literals are the values. Bind parameter values
+/// are not copied (see `remember_portal`).
 struct Inputs {
     bytes: Vec<u8>,
-    items: Vec<(Input, usize, usize)>,
+    /// Byte ranges of `bytes`, one per statement text.
+    items: Vec<(usize, usize)>,
     /// Portals already remembered in this statement: a PL/pgSQL cursor
     /// loop switches between two of them on every row.
     portals: [usize; MAX_PORTALS],
@@ -165,7 +161,7 @@ impl Inputs {
         }
     }
 
-    fn add(&mut self, kind: Input, value: &[u8]) {
+    fn add(&mut self, value: &[u8]) {
         if value.len() < redact::MIN_LITERAL {
             return;
         }
@@ -179,7 +175,7 @@ impl Inputs {
         }
         let start = self.bytes.len();
         self.bytes.extend_from_slice(value);
-        self.items.push((kind, start, self.bytes.len()));
+        self.items.push((start, self.bytes.len()));
     }
 }
 
@@ -238,7 +234,7 @@ unsafe fn remember_portal(portal: pg_sys::Portal, inputs: &mut Inputs) {
     unsafe {
         let source = (*portal).sourceText;
         if !source.is_null() && source != pg_sys::debug_query_string {
-            inputs.add(Input::Sql, CStr::from_ptr(source).to_bytes());
+            inputs.add(CStr::from_ptr(source).to_bytes());
         }
         // Bind parameter values are not copied here: that would put every
         // value a call is given (a secret, a plaintext) in unwiped memory on
@@ -513,12 +509,8 @@ unsafe fn redact_error(e: &mut pg_sys::ErrorData) {
         INPUTS.with(|inputs| match inputs.try_borrow() {
             Ok(inputs) => {
                 blunt |= inputs.incomplete;
-                for &(kind, s, end) in &inputs.items {
-                    let b = &inputs.bytes[s..end];
-                    let added = match kind {
-                        Input::Sql => values.add_sql(b, sql),
-                    };
-                    blunt |= added.is_err();
+                for &(s, end) in &inputs.items {
+                    blunt |= values.add_sql(&inputs.bytes[s..end], sql).is_err();
                 }
             }
             Err(_) => blunt = true,

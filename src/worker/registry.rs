@@ -72,9 +72,9 @@ pub struct Slot {
     failures: UnsafeCell<[Failure; FAILURES]>,
 }
 
-/// How many failing items a worker tracks; beyond that the oldest record
-/// is dropped (that item is then retried at the next round, which still
-/// delays nothing else: every item runs on its own).
+/// How many failing items shared memory shows per worker; beyond that the
+/// one seen longest ago gives way. The worker's own backoff (its process
+/// map) covers every failing item, whatever this holds.
 pub const FAILURES: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
