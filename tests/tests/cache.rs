@@ -297,6 +297,7 @@ fn ten_thousand_hot_path_calls_make_no_kms_call() {
     assert!(eventually(Duration::from_secs(20), || stat(&mut db, "worker_runs") >= 2), "worker running");
     let kms_before = stat(&mut db, "kms_calls");
     let hits_before = stat(&mut db, "cache_hits");
+    let misses_before = stat(&mut db, "cache_misses");
     // Arguments depend on the row so every row calls the function.
     let n: i64 = db
         .query_one(
@@ -312,7 +313,12 @@ fn ten_thousand_hot_path_calls_make_no_kms_call() {
         .get(0);
     assert_eq!(n, 2500);
     assert_eq!(stat(&mut db, "kms_calls"), kms_before, "the hot path must never reach the KMS");
-    assert!(stat(&mut db, "cache_hits") - hits_before >= 10_000);
+    // A name is resolved again (from shared memory, never the KMS) after any
+    // epoch bump or catalog invalidation, which the worker or autovacuum may
+    // cause at any moment on a loaded machine: allow a few such misses.
+    let hits = stat(&mut db, "cache_hits") - hits_before;
+    let misses = stat(&mut db, "cache_misses") - misses_before;
+    assert!(hits >= 9_990 && misses <= 10, "hot path served by the cache: {hits} hits, {misses} misses");
 }
 
 #[test]
