@@ -48,9 +48,24 @@ pub enum KmsError {
     /// The KMS could not be reached or answered with a retryable failure.
     #[error("KMS unavailable: {0}")]
     Unavailable(String),
-    /// The KMS refused the request (permissions, disabled key, bad request).
+    /// The KMS refused the request for another reason (a bad request).
     #[error("KMS refused the request: {0}")]
     Refused(String),
+    /// The credentials are not allowed to use the key (IAM or Bao policy),
+    /// or are invalid or expired.
+    #[error("KMS access denied: {0}")]
+    AccessDenied(String),
+    /// The key is disabled, pending deletion, missing, or its version was
+    /// trimmed (`min_decryption_version`).
+    #[error("KMS key unusable: {0}")]
+    KeyUnusable(String),
+    /// The KMS kept throttling through every retry.
+    #[error("KMS throttled the request: {0}")]
+    Throttled(String),
+    /// The caller was cancelled (query cancel, statement_timeout, shutdown)
+    /// while waiting for the KMS; the call was abandoned.
+    #[error("KMS call interrupted")]
+    Interrupted,
 }
 
 /// Invalid key-group or rotation settings.

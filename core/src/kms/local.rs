@@ -10,7 +10,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::KmsProvider;
+use super::{Binding, Call, KmsProvider, Wrapped};
 use crate::aead::Algorithm;
 use crate::keys::KeyBytes;
 use crate::secure::SecureBox;
@@ -231,16 +231,27 @@ fn wrap_aad(aad: &[u8]) -> Vec<u8> {
     v
 }
 
-impl KmsProvider for LocalKms {
-    fn provider(&self) -> &'static str {
-        "local"
+/// A registered `local` key's config: `{}` (the server's configured key
+/// file) or `{"key_file": "/path"}`.
+pub fn check_config(config: &serde_json::Value) -> Result<(), KmsError> {
+    let obj = config.as_object().ok_or_else(|| KmsError::Config("config must be a JSON object".into()))?;
+    for (k, v) in obj {
+        match (k.as_str(), v) {
+            ("key_file", serde_json::Value::String(p)) if Path::new(p).is_absolute() => {}
+            ("key_file", _) => return Err(KmsError::Config("key_file must be an absolute path".into())),
+            (other, _) => return Err(KmsError::Config(format!("unknown config key \"{other}\" for provider local"))),
+        }
     }
+    Ok(())
+}
 
-    fn key_id(&self) -> &str {
+impl LocalKms {
+    /// The fingerprint rows record: a SHA-256 of the key, never the key.
+    pub fn key_id(&self) -> &str {
         &self.id
     }
 
-    fn wrap(&self, key: &KeyBytes, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
+    fn seal(&self, key: &KeyBytes, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
         let alg = Algorithm::Aes256GcmSiv;
         let master: &[u8; 32] = &self.key;
         let nonce = alg.random_nonce();
@@ -253,8 +264,22 @@ impl KmsProvider for LocalKms {
         out.extend_from_slice(&sealed);
         Ok(out)
     }
+}
 
-    fn unwrap(&self, wrapped_by: &str, wrapped: &[u8], aad: &[u8]) -> Result<KeyBytes, KmsError> {
+impl KmsProvider for LocalKms {
+    fn provider(&self) -> &'static str {
+        "local"
+    }
+
+    fn check(&self, _call: &Call) -> Result<String, KmsError> {
+        Ok(self.id.clone())
+    }
+
+    fn wrap(&self, key: &KeyBytes, binding: &Binding, _call: &Call) -> Result<Wrapped, KmsError> {
+        Ok(Wrapped { key_id: self.id.clone(), wrapped: self.seal(key, &binding.aad())? })
+    }
+
+    fn unwrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, _call: &Call) -> Result<KeyBytes, KmsError> {
         if wrapped_by != self.id {
             return Err(KmsError::WrongMasterKey {
                 wrapped_by: wrapped_by.to_string(),
@@ -268,7 +293,7 @@ impl KmsProvider for LocalKms {
         }
         let (nonce, sealed) = wrapped[1..].split_at(alg.nonce_len());
         let master: &[u8; 32] = &self.key;
-        alg.open(master, nonce, &wrap_aad(aad), sealed)
+        alg.open(master, nonce, &wrap_aad(&binding.aad()), sealed)
             .map(KeyBytes::from_vec)
             .map_err(|_| corrupt())
     }
@@ -277,6 +302,11 @@ impl KmsProvider for LocalKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aad::RingKeyBinding;
+
+    fn bind(version: u32) -> Binding<'static> {
+        Binding { scheme: RingKeyBinding::V2, group: &[9; 16], version, purpose: "export", key_bytes: 32 }
+    }
 
     fn kms() -> LocalKms {
         LocalKms::from_key(KeyBytes::random(32)).unwrap()
@@ -286,9 +316,9 @@ mod tests {
     fn wrap_unwrap_round_trip_bound_to_aad() {
         let k = kms();
         let ring = KeyBytes::random(32);
-        let w = k.wrap(&ring, b"g1/v1").unwrap();
-        assert_eq!(k.unwrap(k.key_id(), &w, b"g1/v1").unwrap(), ring);
-        assert!(matches!(k.unwrap(k.key_id(), &w, b"g1/v2"), Err(KmsError::WrappedKeyCorrupt { .. })));
+        let w = k.wrap(&ring, &bind(1), &Call::patient()).unwrap().wrapped;
+        assert_eq!(k.unwrap(k.key_id(), &w, &bind(1), &Call::patient()).unwrap(), ring);
+        assert!(matches!(k.unwrap(k.key_id(), &w, &bind(2), &Call::patient()), Err(KmsError::WrappedKeyCorrupt { .. })));
     }
 
     #[test]
@@ -303,8 +333,8 @@ mod tests {
     fn another_master_key_is_reported_as_wrong_master_key() {
         let a = kms();
         let b = kms();
-        let w = a.wrap(&KeyBytes::random(32), b"x").unwrap();
-        match b.unwrap(a.key_id(), &w, b"x") {
+        let w = a.wrap(&KeyBytes::random(32), &bind(7), &Call::patient()).unwrap().wrapped;
+        match b.unwrap(a.key_id(), &w, &bind(7), &Call::patient()) {
             Err(KmsError::WrongMasterKey { wrapped_by, configured }) => {
                 assert_eq!(wrapped_by, a.key_id());
                 assert_eq!(configured, b.key_id());
@@ -316,13 +346,13 @@ mod tests {
     #[test]
     fn tampered_or_truncated_wrapped_key_is_corrupt() {
         let k = kms();
-        let mut w = k.wrap(&KeyBytes::random(32), b"x").unwrap();
+        let mut w = k.wrap(&KeyBytes::random(32), &bind(7), &Call::patient()).unwrap().wrapped;
         for cut in [0, 1, 12, w.len() - 1] {
-            assert!(matches!(k.unwrap(k.key_id(), &w[..cut], b"x"), Err(KmsError::WrappedKeyCorrupt { .. })));
+            assert!(matches!(k.unwrap(k.key_id(), &w[..cut], &bind(7), &Call::patient()), Err(KmsError::WrappedKeyCorrupt { .. })));
         }
         let last = w.len() - 1;
         w[last] ^= 1;
-        assert!(matches!(k.unwrap(k.key_id(), &w, b"x"), Err(KmsError::WrappedKeyCorrupt { .. })));
+        assert!(matches!(k.unwrap(k.key_id(), &w, &bind(7), &Call::patient()), Err(KmsError::WrappedKeyCorrupt { .. })));
     }
 
     #[test]
