@@ -79,12 +79,18 @@ GRANT vault_reader TO vault_admin;
 GRANT USAGE ON SCHEMA vault TO vault_owner;
 
 -- KMS master keys that wrap ring keys, by name. Exactly one is the default.
+-- config holds only non-secret settings (region, key, address, paths of the
+-- token and CA files): credentials come from the server's environment.
+-- key_id is the resolved id new wraps record, as found by the live check of
+-- vault.add_kms_key (NULL for the built-in 'local': the fingerprint of the
+-- server's configured key file).
 CREATE TABLE vault.kms_keys (
     name        text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
     provider    text NOT NULL CHECK (provider IN ('local', 'aws', 'transit')),
     config      jsonb NOT NULL DEFAULT '{}'::jsonb,
     is_default  boolean NOT NULL DEFAULT false,
-    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    key_id      text
 );
 CREATE UNIQUE INDEX kms_keys_one_default ON vault.kms_keys (is_default) WHERE is_default;
 INSERT INTO vault.kms_keys (name, provider, is_default) VALUES ('local', 'local', true);

@@ -19,7 +19,11 @@
 --  * new: vault.worker_status() and view vault.workers, for vault_admin;
 --  * new: vault.worker_item_failures() and view vault.worker_failures (items
 --    the workers failed on, with their backoff), for vault_admin;
---  * new: vault.destroy(group_name, below_version), for vault_admin.
+--  * new: vault.destroy(group_name, below_version), for vault_admin;
+--  * new: KMS key registry, for superusers only: vault.add_kms_key,
+--    vault.set_default_kms_key, vault.drop_kms_key; vault.kms_keys.key_id
+--    (the resolved id new wraps record; NULL for the built-in 'local');
+--  * vault.stats() gains kms_calls_local, kms_calls_aws, kms_calls_transit.
 -- The generated definitions of every other function are unchanged from
 -- 0.1.0. Values need no rewrite: 0.2.0 reads 0.1.0 ciphertexts (secret
 -- values in format 0x01, ring keys with binding 1) and writes new ones in
@@ -139,6 +143,8 @@ BEGIN
 END
 $validate$;
 
+ALTER TABLE vault.kms_keys ADD COLUMN key_id text;
+
 ALTER TABLE vault.kms_keys OWNER TO vault_owner;
 ALTER TABLE vault.key_groups OWNER TO vault_owner;
 ALTER TABLE vault.ring_keys OWNER TO vault_owner;
@@ -190,6 +196,67 @@ STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'destroy_wrapper';
+
+-- Generated from src/kms_keys.rs (secret_vault::kms_keys::add_kms_key).
+CREATE FUNCTION vault."add_kms_key"(
+	"name" TEXT, /* & str */
+	"provider" TEXT, /* & str */
+	"config" jsonb /* JsonB */
+) RETURNS TEXT /* String */
+STRICT VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_kms_key_wrapper';
+
+-- Generated from src/kms_keys.rs (secret_vault::kms_keys::set_default_kms_key).
+CREATE FUNCTION vault."set_default_kms_key"(
+	"name" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_default_kms_key_wrapper';
+
+-- Generated from src/kms_keys.rs (secret_vault::kms_keys::drop_kms_key).
+CREATE FUNCTION vault."drop_kms_key"(
+	"name" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'drop_kms_key_wrapper';
+
+-- Superusers only: a config names files and endpoints the server will use.
+REVOKE ALL ON FUNCTION vault.add_kms_key(text, text, jsonb), vault.set_default_kms_key(text),
+    vault.drop_kms_key(text) FROM PUBLIC;
+
+-- Generated from src/stats.rs (secret_vault::stats::stats): new columns.
+DROP FUNCTION vault.stats();
+CREATE FUNCTION vault."stats"() RETURNS TABLE (
+	"cache_hits" bigint,  /* i64 */
+	"cache_misses" bigint,  /* i64 */
+	"evictions" bigint,  /* i64 */
+	"kms_calls" bigint,  /* i64 */
+	"rotations" bigint,  /* i64 */
+	"invalidations" bigint,  /* i64 */
+	"cache_fills" bigint,  /* i64 */
+	"cached_groups" INT,  /* i32 */
+	"cache_slots" INT,  /* i32 */
+	"worker_pid" INT,  /* Option < i32 > */
+	"worker_runs" bigint,  /* i64 */
+	"worker_last_run" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"worker_errors" bigint,  /* i64 */
+	"worker_last_error" TEXT,  /* Option < String > */
+	"worker_last_error_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"kms_calls_local" bigint,  /* i64 */
+	"kms_calls_aws" bigint,  /* i64 */
+	"kms_calls_transit" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stats_wrapper';
+REVOKE ALL ON FUNCTION vault.stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.stats() TO vault_admin;
 
 -- ---- views and grants (as in finalize.sql) ----------------------------------
 -- Current values. Granted to no one: to let a role list every value,

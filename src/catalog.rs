@@ -25,6 +25,10 @@ pub struct GroupRow {
     pub ring_size: i32,
     pub last_version: i32,
     pub change_seq: i64,
+    /// The KMS key's config as text (non-secret settings): providers are
+    /// cached per backend under it, so a re-registered name is never served
+    /// by the provider of its predecessor.
+    pub kms_config: String,
 }
 
 #[derive(Debug)]
@@ -61,7 +65,9 @@ pub(crate) fn column<T>(v: Option<T>, what: &str) -> VaultResult<T> {
     v.ok_or_else(|| VaultError::Internal(format!("catalog row has NULL {what}")))
 }
 
-const GROUP_COLUMNS: &str = "g.id, g.purpose, g.kms_key, k.provider, g.key_bytes, g.ring_size, g.last_version, g.change_seq, g.name";
+const GROUP_COLUMNS: &str = "g.id, g.purpose, g.kms_key, k.provider, g.key_bytes, g.ring_size, g.last_version, g.change_seq, g.name, k.config::pg_catalog.text";
+/// Columns of GROUP_COLUMNS; a query's own columns follow.
+const G: usize = 10;
 
 fn group_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<GroupRow> {
     let id: Uuid = column(row.get(1)?, "id")?;
@@ -76,6 +82,7 @@ fn group_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<GroupRow> {
         last_version: column(row.get(7)?, "last_version")?,
         change_seq: column(row.get(8)?, "change_seq")?,
         name: column(row.get(9)?, "name")?,
+        kms_config: column(row.get(10)?, "config")?,
     })
 }
 
@@ -146,7 +153,7 @@ pub fn due_groups(
     )?;
     rows.into_iter()
         .map(|row| {
-            let due: TimestampWithTimeZone = column(row.get(10)?, "next_rotation_at")?;
+            let due: TimestampWithTimeZone = column(row.get(G + 1)?, "next_rotation_at")?;
             Ok((group_row(row)?, due))
         })
         .collect()
@@ -163,18 +170,32 @@ pub fn group_sequences(client: &SpiClient<'_>) -> VaultResult<Vec<(GroupId, i64)
         .collect()
 }
 
+/// A registered KMS key: name, provider kind and config (jsonb as text).
+pub struct KmsKeyRow {
+    pub name: String,
+    pub provider: String,
+    pub config: String,
+}
+
+impl KmsKeyRow {
+    pub fn spec(&self) -> crate::kms::KeySpec<'_> {
+        crate::kms::KeySpec { name: &self.name, kind: &self.provider, config: &self.config }
+    }
+}
+
 /// The registered KMS key to use: the named one, or the default.
-pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResult<(String, String)> {
+pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResult<KmsKeyRow> {
+    const COLUMNS: &str = "SELECT name, provider, config::pg_catalog.text FROM vault.kms_keys";
     let rows = match name {
-        Some(n) => client.select(
-            &sql("SELECT name, provider FROM vault.kms_keys WHERE name OPERATOR(pg_catalog.=) $1")?,
-            Some(1),
-            &[n.into()],
-        )?,
-        None => client.select(&sql("SELECT name, provider FROM vault.kms_keys WHERE is_default")?, Some(1), &[])?,
+        Some(n) => client.select(&sql(&format!("{COLUMNS} WHERE name OPERATOR(pg_catalog.=) $1"))?, Some(1), &[n.into()])?,
+        None => client.select(&sql(&format!("{COLUMNS} WHERE is_default"))?, Some(1), &[])?,
     };
     match rows.into_iter().next() {
-        Some(row) => Ok((column(row.get(1)?, "name")?, column(row.get(2)?, "provider")?)),
+        Some(row) => Ok(KmsKeyRow {
+            name: column(row.get(1)?, "name")?,
+            provider: column(row.get(2)?, "provider")?,
+            config: column(row.get(3)?, "config")?,
+        }),
         None => Err(VaultError::KmsKeyNotFound),
     }
 }
@@ -213,14 +234,14 @@ pub fn legacy_bound_keys(client: &SpiClient<'_>, limit: i64, skip: &[GroupId]) -
     )?;
     rows.into_iter()
         .map(|row| {
-            let at: TimestampWithTimeZone = column(row.get(11)?, "activates_at")?;
+            let at: TimestampWithTimeZone = column(row.get(G + 2)?, "activates_at")?;
             let key = KeyRow {
                 binding: RingKeyBinding::V1,
-                version: column(row.get(10)?, "version")?,
+                version: column(row.get(G + 1)?, "version")?,
                 activates_at: at.into(),
-                retired: column(row.get(12)?, "retired")?,
-                kms_key_id: column(row.get(13)?, "kms_key_id")?,
-                wrapped: column(row.get(14)?, "wrapped_key")?,
+                retired: column(row.get(G + 3)?, "retired")?,
+                kms_key_id: column(row.get(G + 4)?, "kms_key_id")?,
+                wrapped: column(row.get(G + 5)?, "wrapped_key")?,
             };
             Ok((group_row(row)?, key))
         })

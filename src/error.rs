@@ -15,6 +15,11 @@ pub enum VaultError {
     GroupNotFound,
     GroupExists(String),
     KmsKeyNotFound,
+    KmsKeyExists(String),
+    KmsKeyInUse { name: String, groups: i64 },
+    KmsKeyIsDefault(String),
+    /// A config handed to vault.add_kms_key that cannot work.
+    InvalidKmsConfig { name: String, reason: String },
     WrongPurpose { group: String, purpose: Purpose, operation: &'static str },
     VersionNotFound { group: String, version: i64 },
     VersionRetired { group: String, version: i64 },
@@ -24,6 +29,8 @@ pub enum VaultError {
     Policy(PolicyError),
     Crypto(CryptoError),
     Kms(KmsError),
+    /// A failure of a call to a registered KMS key, named in the message.
+    KmsCall { kms_key: String, error: KmsError },
     ReadOnly(&'static str),
     SecretNotFound,
     SecretExists(String),
@@ -86,6 +93,22 @@ impl VaultError {
                 "KMS key is not registered".into(),
                 Some(format!("{UNECHOED} Registered KMS keys are listed in vault.kms_keys.")),
             ),
+            VaultError::KmsKeyExists(n) => (ERRCODE_DUPLICATE_OBJECT, format!("KMS key \"{n}\" already exists"), None),
+            VaultError::KmsKeyInUse { name, groups } => (
+                ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+                format!("KMS key \"{name}\" still wraps the keys of {groups} key group(s)"),
+                Some("Drop those groups or move them to another KMS key first (SELECT name FROM vault.groups WHERE kms_key = ...).".into()),
+            ),
+            VaultError::KmsKeyIsDefault(n) => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("KMS key \"{n}\" is the default"),
+                Some("Make another KMS key the default first: SELECT vault.set_default_kms_key(...);".into()),
+            ),
+            VaultError::InvalidKmsConfig { name, reason } => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid config for KMS key \"{name}\": {reason}"),
+                Some("See docs/kms.md for each provider's config keys.".into()),
+            ),
             VaultError::WrongPurpose { group, purpose, operation } => {
                 let hint = match purpose {
                     Purpose::Export => "This group hands out key bytes: use vault.current and vault.resolve.",
@@ -143,17 +166,12 @@ impl VaultError {
                 (code, msg, None)
             }
             VaultError::Kms(e) => {
-                let (code, hint) = match &e {
-                    KmsError::WrongMasterKey { .. } => (
-                        ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                        Some("Configure the master key that wrapped these keys (secret_vault.local_master_key_file for the local provider)."),
-                    ),
-                    KmsError::WrappedKeyCorrupt { .. } => (ERRCODE_DATA_CORRUPTED, None),
-                    KmsError::Config(_) => (ERRCODE_CONFIG_FILE_ERROR, None),
-                    KmsError::Unavailable(_) => (ERRCODE_SYSTEM_ERROR, Some("The KMS could not be reached; retry later.")),
-                    KmsError::Refused(_) => (ERRCODE_SYSTEM_ERROR, None),
-                };
+                let (code, hint) = kms_code(&e);
                 (code, e.to_string(), hint.map(String::from))
+            }
+            VaultError::KmsCall { kms_key, error } => {
+                let (code, hint) = kms_code(&error);
+                (code, format!("KMS key \"{kms_key}\": {error}"), hint.map(String::from))
             }
             VaultError::SecretNotFound => (
                 ERRCODE_UNDEFINED_OBJECT,
@@ -216,10 +234,45 @@ impl VaultError {
 
     /// Raises this error as a PostgreSQL ERROR; never returns.
     pub fn raise(self) -> ! {
+        if matches!(self, VaultError::Kms(KmsError::Interrupted) | VaultError::KmsCall { error: KmsError::Interrupted, .. }) {
+            // The call gave up because of a cancel or a timeout: let
+            // PostgreSQL raise its own error for it ("canceling statement
+            // due to statement timeout"), as for any other wait.
+            pgrx::check_for_interrupts!();
+        }
         self.into_report().report(PgLogLevel::ERROR);
         unreachable!("ERROR reports do not return")
     }
 }
+
+/// SQLSTATE and hint of a KMS failure: what the caller (or operator) can do.
+fn kms_code(e: &KmsError) -> (PgSqlErrorCode, Option<&'static str>) {
+    use PgSqlErrorCode::*;
+    match e {
+        KmsError::WrongMasterKey { .. } => (
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Some("Configure the master key that wrapped these keys (secret_vault.local_master_key_file for the local provider)."),
+        ),
+        KmsError::WrappedKeyCorrupt { .. } => (ERRCODE_DATA_CORRUPTED, None),
+        KmsError::Config(_) => (ERRCODE_CONFIG_FILE_ERROR, None),
+        KmsError::Unavailable(_) => (
+            ERRCODE_SYSTEM_ERROR,
+            Some("The KMS could not be reached in time; reads of keys already cached keep working. Retry later."),
+        ),
+        KmsError::Throttled(_) => (
+            ERRCODE_INSUFFICIENT_RESOURCES,
+            Some("The KMS is rate-limiting this server; retry later, or raise the KMS quota."),
+        ),
+        KmsError::AccessDenied(_) => (
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Some("The server's KMS credentials may not use this key: check the IAM or Vault policy (see docs/kms.md)."),
+        ),
+        KmsError::KeyUnusable(_) => (ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, None),
+        KmsError::Refused(_) => (ERRCODE_SYSTEM_ERROR, None),
+        KmsError::Interrupted => (ERRCODE_QUERY_CANCELED, None),
+    }
+}
+
 
 /// Unwraps a result or raises its error.
 pub trait OrRaise<T> {

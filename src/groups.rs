@@ -69,9 +69,9 @@ fn insert_new_group(
     propagation_delay: Interval,
     kms_key: Option<&str>,
 ) -> VaultResult<bool> {
-    let (kms_name, kms_kind) = catalog::resolve_kms_key(client, kms_key)?;
+    let kms = catalog::resolve_kms_key(client, kms_key)?;
     let id = secret_vault_core::keys::random_uuid_v4();
-    let (key_id, wrapped) = kms::new_ring_key(&id, &kms_name, &kms_kind, settings.purpose, settings.key_bytes as usize, 1)?;
+    let (key_id, wrapped) = kms::new_ring_key(&id, &kms.spec(), settings.purpose, settings.key_bytes as usize, 1)?;
     let now = catalog::clock();
     let group = NewGroup {
         id,
@@ -81,7 +81,7 @@ fn insert_new_group(
         propagation_delay,
         ring_size: settings.ring_size,
         key_bytes: settings.key_bytes,
-        kms_key: &kms_name,
+        kms_key: &kms.name,
     };
     if !catalog::insert_group(client, &group, now)? {
         return Ok(false);

@@ -40,6 +40,12 @@ pub static SECRET_VERSIONS_KEPT: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// server log (see src/log_hook.rs and docs/logging.md).
 pub static REDACT_SERVER_LOG: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// Bounds on every call to a remote KMS (aws, transit).
+pub static KMS_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
+pub static KMS_REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+pub static KMS_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static KMS_RETRY_BUDGET_MS: GucSetting<i32> = GucSetting::<i32>::new(10000);
+
 /// File name of the embedded default master key, relative to the data directory.
 pub const DEFAULT_LOCAL_KEY_FILE: &str = "secret_vault_master.key";
 
@@ -133,6 +139,48 @@ pub fn init() {
         &REDACT_SERVER_LOG,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    // SUSET: a session could otherwise stretch its KMS waits (and with them
+    // the time it holds row locks) far beyond what the operator planned.
+    GucRegistry::define_int_guc(
+        c"secret_vault.kms_connect_timeout",
+        c"Longest wait for a connection to a remote KMS (aws, transit).",
+        c"Reaching it counts as the KMS being unavailable.",
+        &KMS_CONNECT_TIMEOUT_MS,
+        10,
+        600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.kms_request_timeout",
+        c"Longest wait for one answer of a remote KMS (aws, transit).",
+        c"A call that times out is retried within secret_vault.kms_max_attempts and secret_vault.kms_retry_budget.",
+        &KMS_REQUEST_TIMEOUT_MS,
+        10,
+        600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.kms_max_attempts",
+        c"Attempts of one KMS operation, the first included.",
+        c"Only throttling, 5xx answers and timeouts are retried, with exponential backoff and full jitter.",
+        &KMS_MAX_ATTEMPTS,
+        1,
+        20,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.kms_retry_budget",
+        c"No retry of a KMS operation starts later than this after its first attempt.",
+        c"Bounds the total time a caller can wait on a throttled or failing KMS (besides one request timeout).",
+        &KMS_RETRY_BUDGET_MS,
+        0,
+        600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_enum_guc(
         c"secret_vault.cipher",

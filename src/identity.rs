@@ -71,6 +71,9 @@ pub fn reset() {
     INVALIDATED.set(true);
     if CURRENT.with(|c| c.borrow_mut().take()).is_some() {
         GENERATION.set(GENERATION.get() + 1);
+        // Harmless to keep (each serves only its own row), but an
+        // extension dropped or a schema renamed is a good time to wipe.
+        crate::keyring::forget_old_keys();
     }
 }
 

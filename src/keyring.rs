@@ -229,12 +229,94 @@ fn window_of(c: &pgrx::spi::SpiClient<'_>, group: GroupRow) -> VaultResult<Windo
     Ok(Window { group, rows, low })
 }
 
-/// Unwraps every unretired key of the window through the KMS.
-pub fn unwrap_window(w: &Window) -> VaultResult<Vec<Option<KeyBytes>>> {
+/// The key of the window's version `version` unwrapped (every other left
+/// out): what the worker and the miss path store, one KMS call at most.
+pub fn unwrap_one(w: &Window, version: i32) -> VaultResult<Vec<Option<KeyBytes>>> {
     w.rows
         .iter()
-        .map(|r| if r.retired { Ok(None) } else { kms::unwrap(&w.group, r).map(Some) })
+        .map(|r| if r.version == version && !r.retired { kms::unwrap(&w.group, r).map(Some) } else { Ok(None) })
         .collect()
+}
+
+/// The window's current version, if it is inside the window.
+pub fn current_in(w: &Window, now: i64) -> Option<i32> {
+    let facts: Vec<VersionFacts> = w
+        .rows
+        .iter()
+        .map(|r| VersionFacts { version: r.version as u32, activates_at: r.activates_at, retired: r.retired })
+        .collect();
+    policy::current_version(&facts, now).map(|v| v as i32)
+}
+
+/// Keys of versions older than the shared cache's window, as unwrapped last,
+/// per backend: a bounded few, so that a scan over old ciphertexts does not
+/// cost a KMS call per row. An entry serves only the very row it was
+/// unwrapped from (same wrapped bytes, master key and binding), so a
+/// retired, destroyed, re-wrapped or edited row never gets its old key.
+struct OldKey {
+    slot: SlotKey,
+    version: i32,
+    kms_key_id: String,
+    wrapped: Vec<u8>,
+    binding: secret_vault_core::aad::RingKeyBinding,
+    purpose: Purpose,
+    key_bytes: i32,
+    key: KeyBytes,
+}
+
+const OLD_KEYS_MAX: usize = 32;
+
+thread_local! {
+    static OLD_KEYS: RefCell<Vec<OldKey>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Unwraps an old (out-of-window) row through the per-backend cache.
+fn unwrap_old(ident: &Identity, group: &GroupRow, row: &KeyRow) -> VaultResult<KeyBytes> {
+    let slot = ident.cache_key(group.id);
+    let same = |o: &OldKey| {
+        o.slot == slot
+            && o.version == row.version
+            && o.kms_key_id == row.kms_key_id
+            && o.wrapped == row.wrapped
+            && o.binding == row.binding
+            && o.purpose == group.purpose
+            && o.key_bytes == group.key_bytes
+    };
+    let hit = OLD_KEYS.with(|c| {
+        let mut c = c.borrow_mut();
+        let i = c.iter().position(same)?;
+        // Most recently used last.
+        let e = c.remove(i);
+        let key = e.key.clone();
+        c.push(e);
+        Some(key)
+    });
+    if let Some(k) = hit {
+        return Ok(k);
+    }
+    let key = kms::unwrap(group, row)?;
+    OLD_KEYS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= OLD_KEYS_MAX {
+            c.remove(0);
+        }
+        c.push(OldKey {
+            slot,
+            version: row.version,
+            kms_key_id: row.kms_key_id.clone(),
+            wrapped: row.wrapped.clone(),
+            binding: row.binding,
+            purpose: group.purpose,
+            key_bytes: group.key_bytes,
+            key: key.clone(),
+        });
+    });
+    Ok(key)
+}
+
+/// Forgets every old key of this backend (identity reset, DROP EXTENSION).
+pub fn forget_old_keys() {
+    OLD_KEYS.with(|c| c.borrow_mut().clear());
 }
 
 /// Stores a window in the shared cache unless an invalidation happened
@@ -300,7 +382,50 @@ fn load(
             };
         }
     }
-    let keys = unwrap_window(&window)?;
+    let Window { group, rows, low: window_low } = &window;
+    let find = |v: i32| rows.iter().position(|r| r.version == v);
+    // The one row that answers: in the window (unwrapped and cached), or
+    // older (read from storage, unwrapped through the per-backend cache).
+    let in_window = match want {
+        Want::Current => match current_in(&window, catalog::now_micros()) {
+            Some(v) => Some(v),
+            None if *window_low <= 1 => return Err(VaultError::NoCurrentVersion(name.to_string())),
+            // Every cached version is pending or retired: the current one is older.
+            None => None,
+        },
+        Want::Version(v) => {
+            let not_found = || VaultError::VersionNotFound { group: name.to_string(), version: v };
+            let v = i32::try_from(v).map_err(|_| not_found())?;
+            if v < 1 || v > group.last_version {
+                return Err(not_found());
+            }
+            match find(v) {
+                Some(i) if rows[i].retired => return Err(retired(name, want)),
+                Some(_) => Some(v),
+                None => None,
+            }
+        }
+    };
+    let Some(version) = in_window else {
+        let row = identity::as_owner(|_| {
+            Spi::connect(|c| match want {
+                Want::Current => catalog::current_key_row(c, group, catalog::clock()).map(Some),
+                Want::Version(v) => catalog::key_row_at(c, &group.id, v as i32),
+            })
+        })?
+        .ok_or_else(|| VaultError::VersionNotFound { group: name.to_string(), version: match want {
+            Want::Version(v) => v,
+            Want::Current => 0,
+        } })?;
+        if row.retired {
+            return Err(retired(name, want));
+        }
+        if let (true, Some(e)) = (cacheable, epoch) {
+            remember(name, group.id, e);
+        }
+        return Ok(to_resolved(group, row.version, &unwrap_old(ident, group, &row)?, out));
+    };
+    let keys = unwrap_one(&window, version)?;
     if let (true, Some(epoch)) = (cacheable, epoch) {
         if catalog::may_fill_shared_cache() {
             store(ident, epoch, &window, &keys);
@@ -311,51 +436,8 @@ fn load(
         // holds its own group's committed keys, so a stale or uncommitted
         // mapping can only miss, never serve a wrong key; names this
         // transaction changed never get here (they bypass the cache).
-        remember(name, window.group.id, epoch);
+        remember(name, group.id, epoch);
     }
-    let Window { group, rows, low: window_low } = window;
-
-    let find = |v: i32| rows.iter().position(|r| r.version == v);
-    match want {
-        Want::Current => {
-            let facts: Vec<VersionFacts> = rows
-                .iter()
-                .map(|r| VersionFacts { version: r.version as u32, activates_at: r.activates_at, retired: r.retired })
-                .collect();
-            match policy::current_version(&facts, catalog::now_micros()) {
-                Some(v) => {
-                    let i = find(v as i32).expect("current comes from rows");
-                    Ok(to_resolved(&group, v as i32, keys[i].as_ref().expect("current is not retired"), out))
-                }
-                None if window_low <= 1 => Err(VaultError::NoCurrentVersion(name.to_string())),
-                // Every cached version is pending or retired: the current one is older.
-                None => {
-                    let row = identity::as_owner(|_| {
-                        Spi::connect(|c| catalog::current_key_row(c, &group, catalog::clock()))
-                    })?;
-                    Ok(to_resolved(&group, row.version, &kms::unwrap(&group, &row)?, out))
-                }
-            }
-        }
-        Want::Version(v) => {
-            let not_found = || VaultError::VersionNotFound { group: name.to_string(), version: v };
-            let v = i32::try_from(v).map_err(|_| not_found())?;
-            if v < 1 || v > group.last_version {
-                return Err(not_found());
-            }
-            if let Some(i) = find(v) {
-                return match &keys[i] {
-                    Some(k) => Ok(to_resolved(&group, v, k, out)),
-                    None => Err(retired(name, want)),
-                };
-            }
-            // Older than the hot window: served from storage, not cached.
-            let row = identity::as_owner(|_| Spi::connect(|c| catalog::key_row_at(c, &group.id, v)))?
-                .ok_or_else(not_found)?;
-            if row.retired {
-                return Err(retired(name, want));
-            }
-            Ok(to_resolved(&group, v, &kms::unwrap(&group, &row)?, out))
-        }
-    }
+    let i = find(version).expect("the version comes from the window");
+    Ok(to_resolved(group, version, keys[i].as_ref().expect("unwrapped above"), out))
 }

@@ -1,57 +1,170 @@
-//! Which KMS provider serves a registered KMS key name, cached per backend,
-//! and the counted calls through it (`vault.stats().kms_calls`).
+//! Which KMS provider serves a registered KMS key, cached per backend, and
+//! the counted calls through it (`vault.stats()`).
 //!
 //! Providers are built lazily in each backend (never in shared memory) and
-//! rebuilt when their configuration changes, e.g. after a SIGHUP points
-//! `secret_vault.local_master_key_file` elsewhere.
+//! rebuilt when their configuration changes: a re-registered name, a SIGHUP
+//! that points `secret_vault.local_master_key_file` elsewhere, new timeouts.
+//! Every remote call runs in the calling thread, bounded by the
+//! `secret_vault.kms_*` settings, and ends early on query cancel,
+//! `statement_timeout` or a shutdown request; callers never hold an LWLock
+//! across it.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use secret_vault_core::aad;
+use pgrx::pg_sys;
+use secret_vault_core::aad::{self, RingKeyBinding};
 use secret_vault_core::kms::local::KeyFile;
-use secret_vault_core::kms::{KmsProvider, LocalKms};
+use secret_vault_core::kms::{Binding, Call, KmsProvider, LocalKms, Wrapped};
 use secret_vault_core::{KeyBytes, KmsError};
 
 use crate::catalog::{GroupRow, KeyRow};
 use crate::error::{VaultError, VaultResult};
 use crate::{guc, shmem};
 
-thread_local! {
-    static LOCAL: RefCell<Option<(PathBuf, Rc<LocalKms>)>> = const { RefCell::new(None) };
+/// What a provider was built from; a change builds a new one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Recipe {
+    name: String,
+    kind: String,
+    config: String,
+    local_path: Option<PathBuf>,
+    connect_timeout_ms: i32,
 }
 
-/// The provider for a registered KMS key, given its provider kind.
-fn provider(name: &str, kind: &str) -> VaultResult<Rc<dyn KmsProvider>> {
-    match kind {
-        "local" => Ok(local()?),
-        other => Err(VaultError::Kms(KmsError::Config(format!(
-            "KMS key \"{name}\" uses provider \"{other}\", which this build does not support yet"
-        )))),
+thread_local! {
+    static PROVIDERS: RefCell<HashMap<String, (Recipe, Rc<dyn KmsProvider>)>> = RefCell::new(HashMap::new());
+}
+
+/// Set in the background worker, whose shutdown request is its own flag.
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+pub fn mark_worker() {
+    IN_WORKER.store(true, Ordering::Relaxed);
+}
+
+fn interrupted() -> bool {
+    if IN_WORKER.load(Ordering::Relaxed) {
+        return pgrx::bgworkers::BackgroundWorker::sigterm_received();
+    }
+    // SAFETY: plain flags set by the signal handlers of this (main) thread.
+    unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 }
+}
+
+/// How a call may run, per the current settings.
+pub fn call() -> Call<'static> {
+    let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
+    Call {
+        connect_timeout: ms(guc::KMS_CONNECT_TIMEOUT_MS.get()),
+        request_timeout: ms(guc::KMS_REQUEST_TIMEOUT_MS.get()),
+        max_attempts: guc::KMS_MAX_ATTEMPTS.get().max(1) as u32,
+        total_budget: ms(guc::KMS_RETRY_BUDGET_MS.get()),
+        interrupted: &interrupted,
     }
 }
 
-fn local() -> VaultResult<Rc<LocalKms>> {
-    let path = guc::local_master_key_path();
-    LOCAL.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if let Some((cached_path, kms)) = slot.as_ref() {
-            if *cached_path == path {
-                return Ok(kms.clone());
-            }
-        }
-        let kms = Rc::new(LocalKms::from_file(&path)?);
-        *slot = Some((path, kms.clone()));
-        Ok(kms)
+/// A KMS key as registered: its name, provider kind and config (jsonb text).
+pub struct KeySpec<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub config: &'a str,
+}
+
+impl<'a> KeySpec<'a> {
+    pub fn of(group: &'a GroupRow) -> KeySpec<'a> {
+        KeySpec { name: &group.kms_key, kind: &group.kms_provider, config: &group.kms_config }
+    }
+}
+
+fn recipe(spec: &KeySpec) -> VaultResult<Recipe> {
+    let config: serde_json::Value = serde_json::from_str(spec.config)
+        .map_err(|e| KmsError::Config(format!("KMS key \"{}\": config is not JSON: {e}", spec.name)))?;
+    let local_path = match spec.kind {
+        "local" => Some(match config.get("key_file").and_then(|v| v.as_str()) {
+            Some(p) => PathBuf::from(p),
+            None => guc::local_master_key_path(),
+        }),
+        _ => None,
+    };
+    Ok(Recipe {
+        name: spec.name.to_string(),
+        kind: spec.kind.to_string(),
+        config: spec.config.to_string(),
+        local_path,
+        connect_timeout_ms: guc::KMS_CONNECT_TIMEOUT_MS.get(),
     })
 }
 
-fn counted() {
+/// Builds a provider from its registration without caching it (for
+/// `vault.add_kms_key`, which checks it before anything is stored).
+pub fn build(spec: &KeySpec) -> VaultResult<Rc<dyn KmsProvider>> {
+    let r = recipe(spec)?;
+    construct(&r)
+}
+
+fn construct(r: &Recipe) -> VaultResult<Rc<dyn KmsProvider>> {
+    let config: serde_json::Value =
+        serde_json::from_str(&r.config).map_err(|e| KmsError::Config(format!("config is not JSON: {e}")))?;
+    let connect = Duration::from_millis(r.connect_timeout_ms.max(1) as u64);
+    let p: Rc<dyn KmsProvider> = match r.kind.as_str() {
+        "local" => {
+            secret_vault_core::kms::local::check_config(&config)?;
+            Rc::new(LocalKms::from_file(r.local_path.as_ref().expect("local has a path"))?)
+        }
+        "aws" => Rc::new(secret_vault_core::kms::aws::AwsKms::from_config(&config, connect)?),
+        "transit" => Rc::new(secret_vault_core::kms::transit::TransitKms::from_config(&config, connect)?),
+        other => {
+            return Err(VaultError::Kms(KmsError::Config(format!(
+                "KMS key \"{}\" uses provider \"{other}\", which this build does not support",
+                r.name
+            ))))
+        }
+    };
+    Ok(p)
+}
+
+/// The provider for a registered KMS key, from this backend's cache.
+fn provider(spec: &KeySpec) -> VaultResult<Rc<dyn KmsProvider>> {
+    let r = recipe(spec)?;
+    if let Some(p) = PROVIDERS.with(|m| m.borrow().get(spec.name).filter(|(have, _)| *have == r).map(|(_, p)| p.clone())) {
+        return Ok(p);
+    }
+    let p = construct(&r)?;
+    PROVIDERS.with(|m| m.borrow_mut().insert(spec.name.to_string(), (r, p.clone())));
+    Ok(p)
+}
+
+/// Counts a call (made or attempted) against its provider.
+fn counted(kind: &str) {
     shmem::bump(|c| {
         c.kms_calls.fetch_add(1, Ordering::Relaxed);
+        let per = match kind {
+            "aws" => &c.kms_calls_aws,
+            "transit" => &c.kms_calls_transit,
+            _ => &c.kms_calls_local,
+        };
+        per.fetch_add(1, Ordering::Relaxed);
     });
+}
+
+/// Names the KMS key in an error (the provider's text names its key id and
+/// the cause, never a credential).
+fn named(spec: &KeySpec, e: KmsError) -> VaultError {
+    VaultError::KmsCall { kms_key: spec.name.to_string(), error: e }
+}
+
+fn binding<'a>(group: &'a GroupRow, scheme: RingKeyBinding, version: i32) -> Binding<'a> {
+    Binding {
+        scheme,
+        group: &group.id,
+        version: version as u32,
+        purpose: group.purpose.as_str(),
+        key_bytes: group.key_bytes as u32,
+    }
 }
 
 /// Unwraps a stored ring key of `group`. Rows written since 0.2.0 are bound
@@ -59,12 +172,14 @@ fn counted() {
 /// edited `purpose` or `key_bytes` makes the key fail to unwrap: unusable,
 /// never handed out under the other purpose.
 pub fn unwrap(group: &GroupRow, row: &KeyRow) -> VaultResult<KeyBytes> {
-    let p = provider(&group.kms_key, &group.kms_provider)?;
-    counted();
-    let aad = aad::ring_key_bound(row.binding, &group.id, row.version as u32, group.purpose.as_str(), group.key_bytes as u32);
-    let key = p.unwrap(&row.kms_key_id, &row.wrapped, &aad)?;
+    let spec = KeySpec::of(group);
+    let p = provider(&spec)?;
+    counted(p.provider());
+    let key = p
+        .unwrap(&row.kms_key_id, &row.wrapped, &binding(group, row.binding, row.version), &call())
+        .map_err(|e| named(&spec, e))?;
     if key.len() != group.key_bytes as usize {
-        return Err(VaultError::Kms(KmsError::WrappedKeyCorrupt { key_id: row.kms_key_id.clone() }));
+        return Err(named(&spec, KmsError::WrappedKeyCorrupt { key_id: row.kms_key_id.clone() }));
     }
     Ok(key)
 }
@@ -73,32 +188,46 @@ pub fn unwrap(group: &GroupRow, row: &KeyRow) -> VaultResult<KeyBytes> {
 /// bound to the group, version, purpose and key size.
 pub fn new_ring_key(
     group_id: &aad::GroupId,
-    kms_name: &str,
-    kms_kind: &str,
+    spec: &KeySpec,
     purpose: secret_vault_core::policy::Purpose,
     key_bytes: usize,
     version: i32,
 ) -> VaultResult<(String, Vec<u8>)> {
-    let p = provider(kms_name, kms_kind)?;
-    counted();
-    let aad = aad::ring_key_bound(aad::RingKeyBinding::V2, group_id, version as u32, purpose.as_str(), key_bytes as u32);
-    let (_key, wrapped) = p.generate(key_bytes, &aad)?;
-    Ok((p.key_id().to_string(), wrapped))
+    let p = provider(spec)?;
+    counted(p.provider());
+    let b = Binding {
+        scheme: RingKeyBinding::V2,
+        group: group_id,
+        version: version as u32,
+        purpose: purpose.as_str(),
+        key_bytes: key_bytes as u32,
+    };
+    let (_key, Wrapped { key_id, wrapped }) = p.generate(key_bytes, &b, &call()).map_err(|e| named(spec, e))?;
+    Ok((key_id, wrapped))
 }
 
 /// A new ring key for `version` of an existing group (rotation).
 pub fn next_ring_key(group: &GroupRow, version: i32) -> VaultResult<(String, Vec<u8>)> {
-    new_ring_key(&group.id, &group.kms_key, &group.kms_provider, group.purpose, group.key_bytes as usize, version)
+    new_ring_key(&group.id, &KeySpec::of(group), group.purpose, group.key_bytes as usize, version)
 }
 
 /// Wraps an existing ring key of `group` again, bound the 0.2.0 way (group,
 /// version, purpose, key size): for rows written by 0.1.0.
 pub fn rebind_ring_key(group: &GroupRow, version: i32, key: &KeyBytes) -> VaultResult<(String, Vec<u8>)> {
-    let p = provider(&group.kms_key, &group.kms_provider)?;
-    counted();
-    let aad = aad::ring_key_bound(aad::RingKeyBinding::V2, &group.id, version as u32, group.purpose.as_str(), group.key_bytes as u32);
-    let wrapped = p.wrap(key, &aad)?;
-    Ok((p.key_id().to_string(), wrapped))
+    let spec = KeySpec::of(group);
+    let p = provider(&spec)?;
+    counted(p.provider());
+    let w = p
+        .wrap(key, &binding(group, RingKeyBinding::V2, version), &call())
+        .map_err(|e| named(&spec, e))?;
+    Ok((w.key_id, w.wrapped))
+}
+
+/// A live check of a KMS key about to be registered: the resolved id.
+pub fn check(spec: &KeySpec) -> VaultResult<String> {
+    let p = build(spec)?;
+    counted(p.provider());
+    p.check(&call()).map_err(|e| named(spec, e))
 }
 
 /// At postmaster start: when no key file is configured, make sure the

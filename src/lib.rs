@@ -14,6 +14,7 @@ mod identity;
 mod keyring;
 mod keys;
 mod kms;
+mod kms_keys;
 mod log_hook;
 mod secret_store;
 mod secrets;

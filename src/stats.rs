@@ -34,6 +34,9 @@ fn stats() -> TableIterator<'static, (
     name!(worker_errors, i64),
     name!(worker_last_error, Option<String>),
     name!(worker_last_error_at, Option<TimestampWithTimeZone>),
+    name!(kms_calls_local, i64),
+    name!(kms_calls_aws, i64),
+    name!(kms_calls_transit, i64),
 )> {
     let (cached, slots) =
         shmem::with_shared(|c| (c.cached_groups().len() as i32, c.slots() as i32)).unwrap_or((0, 0));
@@ -60,9 +63,12 @@ fn stats() -> TableIterator<'static, (
                 worker.map_or(0, |w| n(&w.errors)),
                 worker.and_then(|w| w.last_error()),
                 worker.and_then(|w| ts(w.last_error_at.load(Ordering::Relaxed))),
+                n(&c.kms_calls_local),
+                n(&c.kms_calls_aws),
+                n(&c.kms_calls_transit),
             )
         }
-        None => (0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, 0, None, None),
+        None => (0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, 0, None, None, 0, 0, 0),
     };
     TableIterator::once(row)
 }

@@ -38,6 +38,10 @@ pub struct Counters {
     // Hits and misses are counted per backend by the glue (no shared line on the hot path).
     pub evictions: AtomicU64,
     pub kms_calls: AtomicU64,
+    /// The same calls by provider kind.
+    pub kms_calls_local: AtomicU64,
+    pub kms_calls_aws: AtomicU64,
+    pub kms_calls_transit: AtomicU64,
     pub rotations: AtomicU64,
     pub invalidations: AtomicU64,
     pub fills: AtomicU64,
@@ -323,17 +327,21 @@ impl RingCache {
     /// The current version at `now` (newest active, unretired), copied to `out`.
     pub fn current(&self, slot: usize, now: i64, out: &mut KeyBuf) -> Probe {
         let m = self.meta(slot);
+        // The newest active version decides, whether or not its key has been
+        // unwrapped yet (keys are unwrapped lazily): never fall back to an
+        // older version that happens to be loaded.
         let best = (0..m.entries as usize)
             .map(|j| self.entry(slot, j))
-            .filter(|e| e.retired == 0 && e.activates_at <= now && e.key_len > 0)
+            .filter(|e| e.retired == 0 && e.activates_at <= now)
             .max_by_key(|e| e.version);
         match best {
-            Some(e) => {
+            Some(e) if e.key_len > 0 => {
                 out.set(&e.key[..e.key_len as usize]);
                 Probe::Hit(e.version)
             }
-            // Older versions outside the window might qualify: storage decides.
-            None => Probe::Miss,
+            // Not unwrapped yet; or older versions outside the window might
+            // qualify: storage decides.
+            _ => Probe::Miss,
         }
     }
 
@@ -422,6 +430,20 @@ impl RingCache {
         self.counters().invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn same_window(&self, slot: usize, fill: &Fill<'_>) -> bool {
+        let m = self.meta(slot);
+        m.change_seq == fill.info.change_seq
+            && m.group_id == fill.info.group_id
+            && m.purpose == fill.info.purpose as u32
+            && m.key_bytes == fill.info.key_bytes
+            && m.window_low == fill.window_low
+            && m.entries as usize == fill.entries.len()
+            && fill.entries.iter().enumerate().all(|(j, f)| {
+                let e = self.entry(slot, j);
+                e.version == f.version && e.activates_at == f.activates_at && (e.retired != 0) == f.retired
+            })
+    }
+
     /// Stores a loaded group, replacing its old slot or evicting the least
     /// recently used one. Refuses data loaded before the last invalidation.
     pub fn fill(&mut self, expected_epoch: u64, fill: &Fill<'_>) -> FillOutcome {
@@ -434,6 +456,22 @@ impl RingCache {
             || self.slots == 0
         {
             return FillOutcome::Unfit;
+        }
+        // The same group at the same change sequence has the same versions:
+        // add the keys just unwrapped to those already there (each version is
+        // unwrapped on first use, not the whole window at once).
+        if let Some(i) = self.find(&fill.key) {
+            if self.same_window(i, fill) {
+                for (j, f) in fill.entries.iter().enumerate() {
+                    if let (Some(k), false) = (f.key, f.retired) {
+                        let e = self.entry_mut(i, j);
+                        e.key[..k.len()].copy_from_slice(k);
+                        e.key_len = k.len() as u32;
+                    }
+                }
+                self.counters().fills.fetch_add(1, Ordering::Relaxed);
+                return FillOutcome::Filled { evicted: false };
+            }
         }
         let mut evicted = false;
         let slot = match self.find(&fill.key) {
@@ -541,6 +579,37 @@ mod tests {
         assert_eq!(out.as_slice(), &[1; 32]);
         assert_eq!(c.current(slot, 100, &mut out), Probe::Hit(2));
         assert_eq!(out.as_slice(), &[2; 32]);
+    }
+
+    #[test]
+    fn keys_are_added_one_version_at_a_time_and_current_never_falls_back_to_an_older_one() {
+        let mut r = region(2, 4);
+        let c = &mut r.cache;
+        let fill = |c: &mut RingCache, v1: Option<&[u8]>, v2: Option<&[u8]>, seq: i64| {
+            let entries = [
+                FillEntry { version: 1, activates_at: 0, retired: false, key: v1 },
+                FillEntry { version: 2, activates_at: 0, retired: false, key: v2 },
+            ];
+            let info = SlotInfo { change_seq: seq, ..info(1) };
+            let e = c.epoch();
+            c.fill(e, &Fill { key: key(1), info, window_low: 1, entries: &entries })
+        };
+        let mut out = KeyBuf::new();
+        // Only version 1 unwrapped (someone asked for it): current is 2, not loaded.
+        fill(c, Some(&[1; 32]), None, 7);
+        let s = c.find(&key(1)).unwrap();
+        assert_eq!(c.current(s, 10, &mut out), Probe::Miss);
+        assert_eq!(c.at_version(s, 1, &mut out), Probe::Hit(1));
+        // Then version 2: both stay.
+        fill(c, None, Some(&[2; 32]), 7);
+        assert_eq!(c.current(s, 10, &mut out), Probe::Hit(2));
+        assert_eq!(out.as_slice(), &[2; 32]);
+        assert_eq!(c.at_version(s, 1, &mut out), Probe::Hit(1));
+        assert_eq!(out.as_slice(), &[1; 32]);
+        // A new change sequence replaces the slot: older keys are not kept.
+        fill(c, None, Some(&[2; 32]), 8);
+        assert_eq!(c.at_version(s, 1, &mut out), Probe::Miss);
+        assert_eq!(c.at_version(s, 2, &mut out), Probe::Hit(2));
     }
 
     #[test]

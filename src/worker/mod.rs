@@ -124,6 +124,7 @@ struct Worker {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    crate::kms::mark_worker();
     let database = arg.value() as u32;
     let Some(slot) = registry::find(database) else {
         pgrx::log!("secret_vault worker: no registry slot for database {database}");
@@ -491,7 +492,12 @@ impl Worker {
             // Dropped since we listed it.
             return Ok(());
         };
-        let keys = keyring::unwrap_window(&window)?;
+        // Only the current key: older versions are unwrapped when first
+        // asked for, so a cold start costs one KMS call per group.
+        let keys = match keyring::current_in(&window, catalog::now_micros()) {
+            Some(v) => keyring::unwrap_one(&window, v)?,
+            None => vec![None; window.rows.len()],
+        };
         keyring::store(ident, epoch, &window, &keys);
         Ok(())
     }
