@@ -10,21 +10,48 @@ use std::time::{Duration, Instant};
 pub use postgres::{Client, NoTls};
 
 pub mod peers;
+pub mod proxy;
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
 /// Runs a PostgreSQL binary as the `postgres` user (initdb refuses root).
 pub fn as_postgres(program: &str, args: &[&str]) -> Output {
+    as_postgres_env(program, args, &[])
+}
+
+/// Removes from `cmd`'s environment the KMS client settings this process
+/// inherited (AWS_*, VAULT_*, BAO_*: an AWS_CA_BUNDLE, a developer's real
+/// credentials), so that servers, peers and scripts get only what the test
+/// sets.
+pub fn clear_kms_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("AWS_") || k.starts_with("VAULT_") || k.starts_with("BAO_") {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+/// `as_postgres` with these environment variables added (and inherited KMS
+/// settings removed, see `clear_kms_env`). `runuser -u` (no `-l`) passes the
+/// caller's environment on, bar HOME, SHELL, USER and LOGNAME, and pg_ctl
+/// hands its own to the postmaster, so they reach the server and every
+/// backend and worker it forks.
+pub fn as_postgres_env(program: &str, args: &[&str], env: &[(String, String)]) -> Output {
     let path = if program.contains('/') { program.to_string() } else { format!("{PG_BIN}/{program}") };
-    let out = if is_root() {
-        Command::new("runuser").args(["-u", "postgres", "--", &path]).args(args).output()
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
     } else {
-        Command::new(&path).args(args).output()
+        Command::new(&path)
     };
+    clear_kms_env(&mut cmd);
+    let out = cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).output();
     out.unwrap_or_else(|e| panic!("running {path}: {e}"))
 }
 
@@ -60,12 +87,20 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub data: PathBuf,
     pub port: u16,
+    /// Environment variables for the server process (KMS credentials, say),
+    /// applied by the next `start()`/`restart()`.
+    env: Vec<(String, String)>,
     running: bool,
 }
 
 impl Cluster {
     /// A new, stopped cluster with secret_vault preloaded unless `preload` is false.
     pub fn init(name: &str, preload: bool, extra_conf: &[&str]) -> Cluster {
+        Cluster::init_env(name, preload, extra_conf, &[])
+    }
+
+    /// `init` with environment variables for the server process.
+    pub fn init_env(name: &str, preload: bool, extra_conf: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = cluster_dir(name);
         let data = dir.join("data");
         must(
@@ -85,7 +120,8 @@ impl Cluster {
             conf.push('\n');
         }
         append(&data.join("postgresql.conf"), &conf);
-        Cluster { dir, data, port, running: false }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Cluster { dir, data, port, env, running: false }
     }
 
     /// A started cluster with the extension created in database `postgres`.
@@ -123,7 +159,8 @@ impl Cluster {
             text.push('\n');
         }
         append(&data.join("postgresql.conf"), &text);
-        let mut c = Cluster { dir, data, port: standby_port, running: false };
+        // The standby reads the same KMS as its primary: same environment.
+        let mut c = Cluster { dir, data, port: standby_port, env: self.env.clone(), running: false };
         c.start();
         c
     }
@@ -132,6 +169,17 @@ impl Cluster {
     pub fn postmaster_pid(&self) -> i32 {
         let text = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
         text.lines().next().unwrap().trim().parse().unwrap()
+    }
+
+    /// Sets an environment variable for the server, from the next start on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.remove_env(key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Unsets one set by `init_env`/`set_env`, from the next start on.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
     }
 
     pub fn conf(&self, line: &str) {
@@ -145,9 +193,10 @@ impl Cluster {
 
     pub fn try_start(&mut self) -> Output {
         let log = self.dir.join("postgres.log");
-        let out = as_postgres(
+        let out = as_postgres_env(
             "pg_ctl",
             &["-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
+            &self.env,
         );
         self.running = out.status.success();
         out
