@@ -67,15 +67,16 @@ stop:
 # before the release install that the regress and integration tiers use.
 test: deps
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory test-core; \
-	$(MAKE) --no-print-directory test-pg; \
-	$(MAKE) --no-print-directory test-upgrade; \
-	$(MAKE) --no-print-directory install; \
-	$(MAKE) --no-print-directory test-regress; \
-	$(MAKE) --no-print-directory test-integration; \
+	$(MAKE) --no-print-directory test-core && \
+	$(MAKE) --no-print-directory test-pg && \
+	$(MAKE) --no-print-directory test-upgrade && \
+	$(MAKE) --no-print-directory install && \
+	$(MAKE) --no-print-directory test-regress && \
+	$(MAKE) --no-print-directory test-integration && \
 	echo "make test: all tiers passed in $$(( $$(date +%s) - start ))s"
 
-test-core:
+# The core's live tests start OpenBao and moto from target/peers.
+test-core: deps-peers
 	cargo test -p secret_vault_core
 
 PGTEST_DIR := /tmp/secret_vault-pgtest
