@@ -32,7 +32,7 @@ fn setup(name: &str, address: &str, bao: &Bao, conf: &[&str]) -> (Cluster, std::
 
 fn sealed_data(db: &mut Client) {
     db.execute("SELECT vault.create_group('t/sign')", &[]).unwrap();
-    db.execute("SELECT vault.create_group('t/col', 'encrypt')", &[]).unwrap();
+    db.execute("SELECT vault.create_group('t/col', 'encrypt', propagation_delay => '0')", &[]).unwrap();
     db.batch_execute(
         "CREATE TABLE t AS SELECT i, vault.encrypt('t/col', int4send(i)) AS ct FROM generate_series(1, 50) i;
          SELECT vault.create_secret('t/api', 'sekrit-value', NULL, 't/col');",
@@ -80,9 +80,8 @@ fn transit_keys_wrap_groups_and_secrets_and_survive_a_cold_restart() {
 
     c.restart();
     let mut db = c.client();
-    let before = stat(&mut db, "kms_calls_transit");
     reads_work(&mut db);
-    assert!(stat(&mut db, "kms_calls_transit") > before, "a cold cache unwraps through transit");
+    assert!(stat(&mut db, "kms_calls_transit") > 0, "a cold cache unwraps through transit");
 
     // A transit key rotation: new wraps record v2, old rows keep working.
     bao.rotate_key("app");
@@ -150,8 +149,14 @@ fn a_hung_kms_call_ends_at_statement_timeout_or_cancel_and_failures_are_retried_
     );
     let mut db = c.client();
     sealed_data(&mut db);
+    // The data is sealed under version 1; after a rotation the worker warms
+    // only version 2, so decrypting needs the KMS every time until it works.
+    db.execute("SELECT vault.rotate('t/col')", &[]).unwrap();
     c.restart();
     let mut db = c.client();
+    // Let the worker finish warming: the proxy counts only this session's calls.
+    assert!(eventually(Duration::from_secs(20), || stat(&mut db, "cached_groups") == 2));
+    assert!(eventually(Duration::from_secs(10), || stat(&mut db, "worker_runs") >= 2));
 
     // Hang: statement_timeout interrupts the wait.
     proxy.set_mode(Mode::Hang);
