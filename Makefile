@@ -96,8 +96,9 @@ test-upgrade: deps
 	scripts/upgrade_test.sh
 
 ## ---- benchmarks (release build, throwaway cluster) ---------------------------
-bench: install
+bench: install deps-peers
 	python3 scripts/bench.py
+	python3 scripts/bench_kms.py
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
