@@ -93,6 +93,21 @@ CREATE TABLE vault.kms_keys (
     key_id      text
 );
 CREATE UNIQUE INDEX kms_keys_one_default ON vault.kms_keys (is_default) WHERE is_default;
+-- A key that becomes the default takes the flag from the previous one. Also
+-- how a restore or a logical-replication subscriber can load a dumped or
+-- published default: CREATE EXTENSION has already flagged the built-in
+-- 'local' there (ALWAYS: the trigger fires in replica mode too).
+CREATE FUNCTION vault._kms_keys_one_default() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $one_default$
+BEGIN
+    UPDATE vault.kms_keys SET is_default = false
+     WHERE is_default AND name OPERATOR(pg_catalog.<>) NEW.name;
+    RETURN NEW;
+END
+$one_default$;
+CREATE TRIGGER kms_keys_one_default BEFORE INSERT OR UPDATE OF is_default ON vault.kms_keys
+    FOR EACH ROW WHEN (NEW.is_default) EXECUTE FUNCTION vault._kms_keys_one_default();
+ALTER TABLE vault.kms_keys ENABLE ALWAYS TRIGGER kms_keys_one_default;
 INSERT INTO vault.kms_keys (name, provider, is_default) VALUES ('local', 'local', true);
 
 -- Every change to a group takes a new value, so the cache can tell what it

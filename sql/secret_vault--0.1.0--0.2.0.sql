@@ -23,6 +23,8 @@
 --  * new: KMS key registry, for superusers only: vault.add_kms_key,
 --    vault.set_default_kms_key, vault.drop_kms_key; vault.kms_keys.key_id
 --    (the resolved id new wraps record; NULL for the built-in 'local');
+--  * vault.kms_keys: a trigger moves the default flag, so a dumped or
+--    replicated default loads beside the built-in 'local' row;
 --  * vault.stats() gains kms_calls_local, kms_calls_aws, kms_calls_transit.
 -- The generated definitions of every other function are unchanged from
 -- 0.1.0. Values need no rewrite: 0.2.0 reads 0.1.0 ciphertexts (secret
@@ -144,6 +146,18 @@ END
 $validate$;
 
 ALTER TABLE vault.kms_keys ADD COLUMN key_id text;
+CREATE FUNCTION vault._kms_keys_one_default() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $one_default$
+BEGIN
+    UPDATE vault.kms_keys SET is_default = false
+     WHERE is_default AND name OPERATOR(pg_catalog.<>) NEW.name;
+    RETURN NEW;
+END
+$one_default$;
+CREATE TRIGGER kms_keys_one_default BEFORE INSERT OR UPDATE OF is_default ON vault.kms_keys
+    FOR EACH ROW WHEN (NEW.is_default) EXECUTE FUNCTION vault._kms_keys_one_default();
+ALTER TABLE vault.kms_keys ENABLE ALWAYS TRIGGER kms_keys_one_default;
+REVOKE ALL ON FUNCTION vault._kms_keys_one_default() FROM PUBLIC;
 
 ALTER TABLE vault.kms_keys OWNER TO vault_owner;
 ALTER TABLE vault.key_groups OWNER TO vault_owner;

@@ -251,7 +251,7 @@ fn kms_code(e: &KmsError) -> (PgSqlErrorCode, Option<&'static str>) {
     match e {
         KmsError::WrongMasterKey { .. } => (
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            Some("Configure the master key that wrapped these keys (secret_vault.local_master_key_file for the local provider)."),
+            Some("The row names the master key that wrapped it: configure that key (secret_vault.local_master_key_file or a registered KMS key's config), see docs/kms.md."),
         ),
         KmsError::WrappedKeyCorrupt { .. } => (ERRCODE_DATA_CORRUPTED, None),
         KmsError::Config(_) => (ERRCODE_CONFIG_FILE_ERROR, None),

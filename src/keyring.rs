@@ -229,13 +229,22 @@ fn window_of(c: &pgrx::spi::SpiClient<'_>, group: GroupRow) -> VaultResult<Windo
     Ok(Window { group, rows, low })
 }
 
-/// The key of the window's version `version` unwrapped (every other left
-/// out): what the worker and the miss path store, one KMS call at most.
-pub fn unwrap_one(w: &Window, version: i32) -> VaultResult<Vec<Option<KeyBytes>>> {
+/// The keys of the window's `versions` unwrapped (every other left out):
+/// what the worker and the miss path store, one KMS call per version.
+pub fn unwrap_versions(w: &Window, versions: &[i32]) -> VaultResult<Vec<Option<KeyBytes>>> {
     w.rows
         .iter()
-        .map(|r| if r.version == version && !r.retired { kms::unwrap(&w.group, r).map(Some) } else { Ok(None) })
+        .map(|r| if versions.contains(&r.version) && !r.retired { kms::unwrap(&w.group, r).map(Some) } else { Ok(None) })
         .collect()
+}
+
+/// The versions the worker warms: the current one and those still pending,
+/// so that a pending version becomes current without a KMS call (it may
+/// activate during a KMS outage).
+pub fn versions_to_warm(w: &Window, now: i64) -> Vec<i32> {
+    let mut v: Vec<i32> = w.rows.iter().filter(|r| !r.retired && r.activates_at > now).map(|r| r.version).collect();
+    v.extend(current_in(w, now));
+    v
 }
 
 /// The window's current version, if it is inside the window.
@@ -255,6 +264,10 @@ pub fn current_in(w: &Window, now: i64) -> Option<i32> {
 /// retired, destroyed, re-wrapped or edited row never gets its old key.
 struct OldKey {
     slot: SlotKey,
+    /// The group's change sequence when unwrapped: any change to the group
+    /// (retire, destroy, rotate) drops its entries on the next lookup, so a
+    /// destroyed version's key does not linger in memory.
+    change_seq: i64,
     version: i32,
     kms_key_id: String,
     wrapped: Vec<u8>,
@@ -284,6 +297,7 @@ fn unwrap_old(ident: &Identity, group: &GroupRow, row: &KeyRow) -> VaultResult<K
     };
     let hit = OLD_KEYS.with(|c| {
         let mut c = c.borrow_mut();
+        c.retain(|o| o.slot != slot || o.change_seq == group.change_seq);
         let i = c.iter().position(same)?;
         // Most recently used last.
         let e = c.remove(i);
@@ -302,6 +316,7 @@ fn unwrap_old(ident: &Identity, group: &GroupRow, row: &KeyRow) -> VaultResult<K
         }
         c.push(OldKey {
             slot,
+            change_seq: group.change_seq,
             version: row.version,
             kms_key_id: row.kms_key_id.clone(),
             wrapped: row.wrapped.clone(),
@@ -425,7 +440,7 @@ fn load(
         }
         return Ok(to_resolved(group, row.version, &unwrap_old(ident, group, &row)?, out));
     };
-    let keys = unwrap_one(&window, version)?;
+    let keys = unwrap_versions(&window, &[version])?;
     if let (true, Some(epoch)) = (cacheable, epoch) {
         if catalog::may_fill_shared_cache() {
             store(ident, epoch, &window, &keys);

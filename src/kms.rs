@@ -42,14 +42,25 @@ thread_local! {
 
 /// Set in the background worker, whose shutdown request is its own flag.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
+/// pgrx clears its SIGTERM flag when it is read: once a KMS wait has seen
+/// it, it is kept here, so the worker's loop still exits.
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
 pub fn mark_worker() {
     IN_WORKER.store(true, Ordering::Relaxed);
 }
 
+/// Whether the worker was asked to stop (seen by a KMS wait or its loop).
+pub fn shutdown_requested() -> bool {
+    if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+        SHUTDOWN.store(true, Ordering::Relaxed);
+    }
+    SHUTDOWN.load(Ordering::Relaxed)
+}
+
 fn interrupted() -> bool {
     if IN_WORKER.load(Ordering::Relaxed) {
-        return pgrx::bgworkers::BackgroundWorker::sigterm_received();
+        return shutdown_requested();
     }
     // SAFETY: plain flags set by the signal handlers of this (main) thread.
     unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 }

@@ -91,17 +91,10 @@ fn set_default_kms_key(name: &str) {
     require_writable("change the default KMS key").or_raise();
     require_superuser("vault.set_default_kms_key (only superusers may change KMS keys)").or_raise();
     Spi::connect_mut(|c| -> VaultResult<()> {
-        // Row locks first: two concurrent calls serialize instead of both
-        // clearing the old default and colliding on the unique index.
-        c.update(
-            &identity::sql("SELECT 1 FROM vault.kms_keys WHERE is_default OR name OPERATOR(pg_catalog.=) $1 FOR UPDATE")?,
-            None,
-            &[name.into()],
-        )?;
         if !exists(c, name)? {
             return Err(VaultError::KmsKeyNotFound);
         }
-        c.update(&identity::sql("UPDATE vault.kms_keys SET is_default = false WHERE is_default AND name OPERATOR(pg_catalog.<>) $1")?, None, &[name.into()])?;
+        // The table's trigger takes the flag from the previous default.
         c.update(&identity::sql("UPDATE vault.kms_keys SET is_default = true WHERE name OPERATOR(pg_catalog.=) $1")?, None, &[name.into()])?;
         Ok(())
     })

@@ -345,6 +345,17 @@ impl RingCache {
         }
     }
 
+    /// Whether the slot of `key` lacks the key of its current version or of
+    /// a pending one (the worker unwraps those ahead of need, so that a
+    /// version activating during a KMS outage is served).
+    pub fn lacks_current_or_pending(&self, key: &SlotKey, now: i64) -> bool {
+        let Some(slot) = self.find(key) else { return false };
+        let m = self.meta(slot);
+        let entries = || (0..m.entries as usize).map(|j| self.entry(slot, j)).filter(|e| e.retired == 0);
+        let current = entries().filter(|e| e.activates_at <= now).max_by_key(|e| e.version);
+        current.is_some_and(|e| e.key_len == 0) || entries().any(|e| e.activates_at > now && e.key_len == 0)
+    }
+
     /// The key of `version`, if it is inside the cached window.
     pub fn at_version(&self, slot: usize, version: i32, out: &mut KeyBuf) -> Probe {
         let m = self.meta(slot);

@@ -173,7 +173,9 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
             break;
         }
         let interval = Duration::from_millis(guc::WORKER_INTERVAL_MS.get().max(10) as u64);
-        if !BackgroundWorker::wait_latch(Some(interval)) {
+        // A shutdown seen during a KMS wait is remembered there (pgrx's flag
+        // is cleared when read).
+        if crate::kms::shutdown_requested() || !BackgroundWorker::wait_latch(Some(interval)) {
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -238,6 +240,11 @@ impl Worker {
     /// Runs one step of a round; its own failure (listing what is due, say)
     /// is recorded and the round goes on with the next step.
     fn step(&mut self, context: &str, f: impl FnOnce(&mut Self) -> VaultResult<()>) {
+        // Stopping: the rest of the round would only start KMS calls that
+        // end at once.
+        if crate::kms::shutdown_requested() {
+            return;
+        }
         if let Err(e) = guarded(|| f(self)) {
             record_error(self.slot, context, e);
         }
@@ -445,7 +452,12 @@ impl Worker {
                 continue;
             }
             if key.extension == ident.extension && table.get(&key.group) == Some(&seq) {
-                present.push(key.group);
+                // Filled by a backend's miss with only the version it needed:
+                // the worker adds the current and pending keys.
+                let now = catalog::now_micros();
+                if !shmem::with_shared(|c| c.lacks_current_or_pending(&key, now)).unwrap_or(false) {
+                    present.push(key.group);
+                }
             } else {
                 shmem::with_exclusive(|c| c.invalidate(&key));
                 used -= 1;
@@ -492,12 +504,9 @@ impl Worker {
             // Dropped since we listed it.
             return Ok(());
         };
-        // Only the current key: older versions are unwrapped when first
-        // asked for, so a cold start costs one KMS call per group.
-        let keys = match keyring::current_in(&window, catalog::now_micros()) {
-            Some(v) => keyring::unwrap_one(&window, v)?,
-            None => vec![None; window.rows.len()],
-        };
+        // The current key and any pending one: older versions are unwrapped
+        // when first asked for, so a cold start costs one KMS call per group.
+        let keys = keyring::unwrap_versions(&window, &keyring::versions_to_warm(&window, catalog::now_micros()))?;
         keyring::store(ident, epoch, &window, &keys);
         Ok(())
     }

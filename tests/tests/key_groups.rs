@@ -126,7 +126,7 @@ fn keys_survive_a_restart_and_a_wrong_master_key_is_named_as_such() {
     let err = c.client().query_one("SELECT vault.decrypt('g', $1)", &[&ct]).unwrap_err();
     let (code, msg) = db_error(&err);
     assert_eq!(code, "55000");
-    assert!(msg.starts_with("wrong master key"), "{msg}");
+    assert!(msg.starts_with("KMS key \"local\": wrong master key"), "{msg}");
     assert!(!msg.contains(&"ab".repeat(32)), "{msg}");
 
     // A missing key file is a configuration error, not a crypto error.

@@ -48,6 +48,10 @@ fn reads_work(db: &mut Client) {
     assert_eq!(n, 50);
     let v: String = db.query_one("SELECT vault.read_secret('t/api')", &[]).unwrap().get(0);
     assert_eq!(v, "sekrit-value");
+    let ok: bool = db.query_one("SELECT vault.verify_secret('t/api', 'sekrit-value')", &[]).unwrap().get(0);
+    assert!(ok);
+    let v: String = db.query_one("SELECT value FROM vault.decrypted_secrets WHERE name = 't/api'", &[]).unwrap().get(0);
+    assert_eq!(v, "sekrit-value");
     let (cur, key): (i32, Vec<u8>) = {
         let r = db.query_one("SELECT (vault.current('t/sign')).version, vault.resolve('t/sign', 1)", &[]).unwrap();
         (r.get(0), r.get(1))
@@ -93,6 +97,22 @@ fn transit_keys_wrap_groups_and_secrets_and_survive_a_cold_restart() {
     assert_eq!(id, "transit:transit/app:v2");
     c.restart();
     reads_work(&mut c.client());
+
+    // pg_dump/pg_restore into another database: the dumped default (bao)
+    // loads beside the 'local' row CREATE EXTENSION made, nothing twice.
+    let dump = c.dir.join("vault.dump");
+    c.run_tool("pg_dump", &["-Fc", "-f", dump.to_str().unwrap(), "postgres"]);
+    c.run_tool("createdb", &["restored"]);
+    let out = c.run_tool("pg_restore", &["-d", "restored", dump.to_str().unwrap()]);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut r = c.client_db("restored");
+    reads_work(&mut r);
+    let defaults: Vec<String> =
+        r.query("SELECT name FROM vault.kms_keys WHERE is_default", &[]).unwrap().iter().map(|x| x.get(0)).collect();
+    assert_eq!(defaults, vec!["bao".to_string()]);
+    let n: i64 = r.query_one("SELECT count(*) FROM vault.ring_keys", &[]).unwrap().get(0);
+    let m: i64 = c.client().query_one("SELECT count(*) FROM vault.ring_keys", &[]).unwrap().get(0);
+    assert_eq!(n, m);
 }
 
 #[test]
@@ -102,12 +122,22 @@ fn with_the_kms_sealed_a_warm_cache_serves_every_read_and_a_cold_one_fails_fast_
     let mut db = c.client();
     sealed_data(&mut db);
     reads_work(&mut db); // warms the cache
+    // A version that activates during the outage: the worker unwraps pending
+    // versions ahead of need.
+    db.execute("SELECT vault.create_group('t/soon', propagation_delay => '4 seconds')", &[]).unwrap();
+    db.execute("SELECT vault.rotate('t/soon')", &[]).unwrap();
+    let rotated_at = Instant::now();
+    let calls = stat(&mut db, "kms_calls");
+    assert!(eventually(Duration::from_secs(3), || stat(&mut db, "kms_calls") >= calls + 2), "worker warmed v1 and v2");
     bao.seal();
     let calls = stat(&mut db, "kms_calls");
     reads_work(&mut db);
     let mut other = c.client();
     reads_work(&mut other);
     assert_eq!(stat(&mut db, "kms_calls"), calls, "warm reads never reach the KMS");
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(rotated_at.elapsed()));
+    let v: i32 = db.query_one("SELECT (vault.current('t/soon')).version", &[]).unwrap().get(0);
+    assert_eq!(v, 2, "the pending version activated while the KMS was sealed");
     // Writes that need the KMS fail cleanly, with the key named.
     let e = db.execute("SELECT vault.rotate('t/sign')", &[]).unwrap_err();
     let (code, msg) = db_error(&e);
@@ -210,6 +240,18 @@ fn a_hung_kms_call_ends_at_statement_timeout_or_cancel_and_failures_are_retried_
     proxy.set_mode(Mode::Pass);
     // The backend is healthy after all of it.
     reads_work(&mut db);
+
+    // The worker hung in a KMS call still stops at once for a shutdown.
+    proxy.set_mode(Mode::Hang);
+    let n = proxy.requests();
+    db.execute("UPDATE vault.key_groups SET next_rotation_at = now() WHERE name = 't/sign'", &[]).unwrap();
+    assert!(eventually(Duration::from_secs(10), || proxy.requests() > n), "the worker is waiting on the KMS");
+    drop(db);
+    let start = Instant::now();
+    c.restart();
+    assert!(start.elapsed() < Duration::from_secs(10), "shutdown took {:?}", start.elapsed());
+    proxy.set_mode(Mode::Pass);
+    reads_work(&mut c.client());
 }
 
 #[test]

@@ -153,10 +153,16 @@ impl Http {
         let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| Transport::Broken(e.to_string()))?;
         let mut rb = self.client.request(method, &req.url);
         for (k, v) in &req.headers {
-            rb = rb.header(k.as_str(), v.as_str());
+            // Sensitive values (tokens, signatures) are kept out of any
+            // Debug output of the request.
+            let mut value = reqwest::header::HeaderValue::from_str(v).map_err(|_| Transport::Broken(format!("header {k} is not valid")))?;
+            value.set_sensitive(true);
+            rb = rb.header(k.as_str(), value);
         }
-        // reqwest takes the body by value: hand it a copy and wipe ours.
-        let rb = rb.body(req.body.to_vec());
+        // The body may hold key material: it goes to reqwest as a buffer
+        // that is wiped when the last reference to it drops (hyper may still
+        // copy small bodies into its write buffer, which is not wiped).
+        let rb = rb.body(bytes::Bytes::from_owner(req.body));
         let fut = async move {
             let mut resp = rb.send().await.map_err(classify)?;
             let status = resp.status().as_u16();

@@ -85,6 +85,10 @@ pub struct TransitKms {
     key: String,
     namespace: Option<String>,
     token: TokenFile,
+    /// Whether `check` passed in this process: a key deleted and re-created
+    /// without `derived` would silently ignore the binding context, so new
+    /// wraps check the key first (once per provider instance).
+    checked: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for TransitKms {
@@ -156,7 +160,16 @@ impl TransitKms {
             key,
             namespace,
             token: TokenFile::new(c.token_file),
+            checked: std::cell::Cell::new(false),
         })
+    }
+
+    fn checked_once(&self, call: &Call) -> Result<(), KmsError> {
+        if !self.checked.get() {
+            self.check(call)?;
+            self.checked.set(true);
+        }
+        Ok(())
     }
 
     /// `{mount}/{key}`: what key ids name.
@@ -371,6 +384,7 @@ impl KmsProvider for TransitKms {
     }
 
     fn wrap(&self, key: &KeyBytes, binding: &Binding, call: &Call) -> Result<Wrapped, KmsError> {
+        self.checked_once(call)?;
         let body = encrypt_body(key.as_bytes(), &context(binding));
         let answer = self.request(call, Op::Encrypt, Some(body), None)?;
         let data: Encrypted = self.data(Op::Encrypt, &answer)?;
@@ -405,6 +419,7 @@ impl KmsProvider for TransitKms {
             let wrapped = self.wrap(&key, binding, call)?;
             return Ok((key, wrapped));
         }
+        self.checked_once(call)?;
         let body = json_body(serde_json::json!({ "bits": len * 8, "context": context(binding) }));
         let answer = self.request(call, Op::DataKey, Some(body), None)?;
         let data: DataKey = self.data(Op::DataKey, &answer)?;
@@ -490,8 +505,10 @@ fn server_errors(body: &[u8]) -> String {
     }
     let texts = match serde_json::from_slice::<Errors>(body) {
         Ok(e) => e.errors,
-        // Not the API's JSON (a proxy's page): its start, for a clue.
-        Err(_) => vec![String::from_utf8_lossy(&body[..body.len().min(MAX_SERVER_TEXT)]).into_owned()],
+        // Not the API's JSON (a proxy's or WAF's page): not quoted, since
+        // such a page may echo the request, token header included.
+        Err(_) if body.is_empty() => vec![],
+        Err(_) => vec![format!("an answer of {} bytes that is not the API's JSON", body.len())],
     };
     let mut items = Vec::new();
     for t in &texts {
@@ -683,7 +700,7 @@ mod tests {
             KmsError::Unavailable(m) => assert!(m.contains("transit decrypt with key transit/sv") && m.contains("sealed")),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(retried(outcome(500, "<html>oops</html>", None)), KmsError::Unavailable(m) if m.contains("oops")));
+        assert!(matches!(retried(outcome(500, "<html>oops</html>", None)), KmsError::Unavailable(m) if !m.contains("oops") && m.contains("17 bytes")));
         let m = failed(outcome(400, &errors(&["missing 'context' for key derivation"]), id));
         assert!(matches!(&m, KmsError::Refused(m) if m.contains("missing 'context'")), "{m:?}");
         assert!(matches!(failed(outcome(307, "", None)), KmsError::Refused(m) if m.contains("HTTP 307")));
@@ -693,7 +710,8 @@ mod tests {
     #[test]
     fn long_or_odd_server_texts_are_bounded_and_tidied() {
         assert_eq!(server_errors(br#"{"errors":["a\n  b", "c"]}"#), "a b; c");
-        assert_eq!(server_errors(b"2 errors occurred:\n\t* one\n\t* two\n\n"), "one; two");
+        // Not JSON: never quoted (a proxy's page may echo the request).
+        assert_eq!(server_errors(b"X-Vault-Token: s.secret"), "an answer of 23 bytes that is not the API's JSON");
         assert_eq!(server_errors("{\"errors\":[\"2 errors occurred:\\n\\t* one\\n\\t* two\\n\\n\"]}".as_bytes()), "one; two");
         let long = server_errors(json!({"errors": ["é".repeat(400)]}).to_string().as_bytes());
         assert!(long.len() <= MAX_SERVER_TEXT + 3 && long.ends_with("..."));
@@ -762,6 +780,8 @@ mod tests {
         std::fs::write(&p, "s.old").unwrap();
         let (port, server) = token_checking_server(3);
         let k = kms(json!({"address": format!("http://127.0.0.1:{port}"), "key": "sv", "token_file": p})).unwrap();
+        // This server only encrypts: the key counts as checked.
+        k.checked.set(true);
         let key = KeyBytes::random(32);
         // The file still holds the refused token: no second request.
         assert!(matches!(k.wrap(&key, &bind(), &Call::patient()), Err(KmsError::AccessDenied(_))));

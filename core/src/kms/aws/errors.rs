@@ -43,8 +43,15 @@ pub fn parse(body: &[u8]) -> Option<AwsError> {
     Some(AwsError { code: code.to_string(), message: tidy(&message) })
 }
 
-/// One line, printable, bounded.
+/// Where AWS starts quoting the request back: a signature mismatch answer
+/// carries the canonical request and string to sign, which include the
+/// session token header and the credential scope.
+const QUOTED_REQUEST: [&str; 3] = ["The Canonical String", "The String-to-Sign", "x-amz-security-token"];
+
+/// One line, printable, bounded, and cut before any quoted request.
 fn tidy(message: &str) -> String {
+    let cut = QUOTED_REQUEST.iter().filter_map(|m| message.find(m)).min().unwrap_or(message.len());
+    let message = &message[..cut];
     let mut out: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if out.chars().count() > MAX_MESSAGE {
         out = out.chars().take(MAX_MESSAGE).collect::<String>() + "...";
@@ -236,6 +243,15 @@ mod tests {
             r#"{"__type":"NotFoundException","message":"Alias arn:aws:kms:eu-west-1:1:alias/x is not found."}"#,
         );
         assert!(matches!(&m.error, KmsError::KeyUnusable(t) if t.contains("check key_id and region")), "{:?}", m.error);
+    }
+
+    #[test]
+    fn a_signature_mismatch_does_not_quote_the_signed_request() {
+        let body = br#"{"__type":"InvalidSignatureException","message":"The request signature we calculated does not match the signature you provided.\n\nThe Canonical String for this request should have been\n'POST\n/\n\nhost:kms.us-east-1.amazonaws.com\nx-amz-security-token:IQoJb3JpZ2luX2VjEXAMPLETOKEN\n'"}"#;
+        let e = parse(body).expect("an AWS error");
+        let text = format!("{e:?}");
+        assert!(!text.contains("IQoJb3JpZ2luX2VjEXAMPLETOKEN"), "{text}");
+        assert!(text.contains("does not match"), "{text}");
     }
 
     #[test]
