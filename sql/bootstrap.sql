@@ -146,7 +146,10 @@ CREATE TABLE vault.ring_keys (
     -- What the KMS bound the wrapped key to: 1 = group and version (0.1.0),
     -- 2 = also the group's purpose and key size.
     binding       smallint NOT NULL DEFAULT 1 CHECK (binding IN (1, 2)),
-    PRIMARY KEY (group_id, version)
+    PRIMARY KEY (group_id, version),
+    -- The registered KMS key whose provider wrapped the row: the group's,
+    -- except for rows a move (vault.move_group) has not re-wrapped yet.
+    kms_key       text NOT NULL REFERENCES vault.kms_keys (name)
 );
 
 -- pg_dump carries the vault's rows (as ciphertext); the 'local' row is made
@@ -174,6 +177,36 @@ SELECT g.name,
        g.created_at,
        g.last_rotated_at
   FROM vault.key_groups g;
+
+-- Re-wrap progress per KMS key, written by the workers (not dumped: it
+-- describes this server's passes).
+CREATE TABLE vault.rewrap_state (
+    kms_key        text PRIMARY KEY REFERENCES vault.kms_keys (name) ON DELETE CASCADE,
+    rows_moved     bigint NOT NULL DEFAULT 0,
+    checked_at     timestamptz,
+    last_error     text,
+    last_error_at  timestamptz
+);
+
+-- Per KMS key: rows on its current material, rows on older material (to be
+-- re-wrapped), rows of groups moved to it still under another KMS key.
+CREATE VIEW vault.rewrap_status AS
+SELECT k.name AS kms_key,
+       k.provider,
+       k.key_id,
+       (SELECT count(*) FROM vault.ring_keys r WHERE r.kms_key = k.name
+           AND (k.key_id IS NULL OR r.kms_key_id = k.key_id))                    AS rows_current,
+       (SELECT count(*) FROM vault.ring_keys r WHERE r.kms_key = k.name
+           AND k.key_id IS NOT NULL AND r.kms_key_id <> k.key_id)                AS rows_old,
+       (SELECT count(*) FROM vault.ring_keys r JOIN vault.key_groups g ON g.id = r.group_id
+         WHERE g.kms_key = k.name AND r.kms_key <> k.name)                       AS rows_moving_in,
+       COALESCE(s.rows_moved, 0)                                                AS rows_moved,
+       pg_catalog.current_setting('secret_vault.rewrap_rate')::int              AS rate_per_second,
+       s.checked_at,
+       s.last_error,
+       s.last_error_at
+  FROM vault.kms_keys k
+  LEFT JOIN vault.rewrap_state s ON s.kms_key = k.name;
 
 -- Metadata of every version of every group: never key bytes.
 CREATE VIEW vault.group_versions AS
@@ -259,6 +292,8 @@ SELECT s.id,
 ALTER TABLE vault.kms_keys OWNER TO vault_owner;
 ALTER TABLE vault.key_groups OWNER TO vault_owner;
 ALTER TABLE vault.ring_keys OWNER TO vault_owner;
+ALTER TABLE vault.rewrap_state OWNER TO vault_owner;
+ALTER VIEW vault.rewrap_status OWNER TO vault_owner;
 ALTER TABLE vault.secret_store OWNER TO vault_owner;
 ALTER TABLE vault.secret_values OWNER TO vault_owner;
 ALTER SEQUENCE vault.change_seq OWNER TO vault_owner;

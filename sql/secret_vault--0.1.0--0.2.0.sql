@@ -25,6 +25,10 @@
 --    (the resolved id new wraps record; NULL for the built-in 'local');
 --  * vault.kms_keys: a trigger moves the default flag, so a dumped or
 --    replicated default loads beside the built-in 'local' row;
+--  * vault.ring_keys.kms_key: the registered KMS key that wrapped each row
+--    (moves re-wrap rows from one to another);
+--  * re-wrap: vault.rewrap(kms_key), vault.move_group(group, kms_key) and
+--    view vault.rewrap_status, for vault_admin; table vault.rewrap_state;
 --  * vault.stats() gains kms_calls_local, kms_calls_aws, kms_calls_transit.
 -- The generated definitions of every other function are unchanged from
 -- 0.1.0. Values need no rewrite: 0.2.0 reads 0.1.0 ciphertexts (secret
@@ -146,6 +150,38 @@ END
 $validate$;
 
 ALTER TABLE vault.kms_keys ADD COLUMN key_id text;
+ALTER TABLE vault.ring_keys ADD COLUMN kms_key text REFERENCES vault.kms_keys (name);
+UPDATE vault.ring_keys r SET kms_key = g.kms_key FROM vault.key_groups g WHERE g.id OPERATOR(pg_catalog.=) r.group_id;
+ALTER TABLE vault.ring_keys ALTER COLUMN kms_key SET NOT NULL;
+
+CREATE TABLE vault.rewrap_state (
+    kms_key        text PRIMARY KEY REFERENCES vault.kms_keys (name) ON DELETE CASCADE,
+    rows_moved     bigint NOT NULL DEFAULT 0,
+    checked_at     timestamptz,
+    last_error     text,
+    last_error_at  timestamptz
+);
+CREATE VIEW vault.rewrap_status AS
+SELECT k.name AS kms_key,
+       k.provider,
+       k.key_id,
+       (SELECT count(*) FROM vault.ring_keys r WHERE r.kms_key = k.name
+           AND (k.key_id IS NULL OR r.kms_key_id = k.key_id))                    AS rows_current,
+       (SELECT count(*) FROM vault.ring_keys r WHERE r.kms_key = k.name
+           AND k.key_id IS NOT NULL AND r.kms_key_id <> k.key_id)                AS rows_old,
+       (SELECT count(*) FROM vault.ring_keys r JOIN vault.key_groups g ON g.id = r.group_id
+         WHERE g.kms_key = k.name AND r.kms_key <> k.name)                       AS rows_moving_in,
+       COALESCE(s.rows_moved, 0)                                                AS rows_moved,
+       pg_catalog.current_setting('secret_vault.rewrap_rate')::int              AS rate_per_second,
+       s.checked_at,
+       s.last_error,
+       s.last_error_at
+  FROM vault.kms_keys k
+  LEFT JOIN vault.rewrap_state s ON s.kms_key = k.name;
+ALTER TABLE vault.rewrap_state OWNER TO vault_owner;
+ALTER VIEW vault.rewrap_status OWNER TO vault_owner;
+REVOKE ALL ON vault.rewrap_state, vault.rewrap_status FROM PUBLIC;
+GRANT SELECT ON vault.rewrap_status TO vault_admin;
 CREATE FUNCTION vault._kms_keys_one_default() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $one_default$
 BEGIN
@@ -239,6 +275,30 @@ STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'drop_kms_key_wrapper';
+
+-- Generated from src/rewrap.rs (secret_vault::rewrap::rewrap).
+CREATE FUNCTION vault."rewrap"(
+	"kms_key" TEXT DEFAULT NULL /* core::option::Option<&str> */
+) RETURNS bigint /* i64 */
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rewrap_wrapper';
+
+-- Generated from src/rewrap.rs (secret_vault::rewrap::move_group).
+CREATE FUNCTION vault."move_group"(
+	"group_name" TEXT, /* & str */
+	"kms_key" TEXT /* & str */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'move_group_wrapper';
+
+ALTER FUNCTION vault.rewrap(text) OWNER TO vault_owner;
+ALTER FUNCTION vault.move_group(text, text) OWNER TO vault_owner;
+REVOKE ALL ON FUNCTION vault.rewrap(text), vault.move_group(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.rewrap(text), vault.move_group(text, text) TO vault_admin;
 
 -- Superusers only: a config names files and endpoints the server will use.
 REVOKE ALL ON FUNCTION vault.add_kms_key(text, text, jsonb), vault.set_default_kms_key(text),

@@ -39,6 +39,8 @@ pub struct KeyRow {
     pub retired: bool,
     pub kms_key_id: String,
     pub wrapped: Vec<u8>,
+    /// The registered KMS key whose provider unwraps this row.
+    pub kms: KmsKeyRow,
 }
 
 /// Wall-clock time: rotation and activation follow real time, not the start
@@ -65,11 +67,11 @@ pub(crate) fn column<T>(v: Option<T>, what: &str) -> VaultResult<T> {
     v.ok_or_else(|| VaultError::Internal(format!("catalog row has NULL {what}")))
 }
 
-const GROUP_COLUMNS: &str = "g.id, g.purpose, g.kms_key, k.provider, g.key_bytes, g.ring_size, g.last_version, g.change_seq, g.name, k.config::pg_catalog.text";
+pub(crate) const GROUP_COLUMNS: &str = "g.id, g.purpose, g.kms_key, k.provider, g.key_bytes, g.ring_size, g.last_version, g.change_seq, g.name, k.config::pg_catalog.text";
 /// Columns of GROUP_COLUMNS; a query's own columns follow.
-const G: usize = 10;
+pub(crate) const G: usize = 10;
 
-fn group_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<GroupRow> {
+pub(crate) fn group_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<GroupRow> {
     let id: Uuid = column(row.get(1)?, "id")?;
     let purpose: String = column(row.get(2)?, "purpose")?;
     Ok(GroupRow {
@@ -171,6 +173,7 @@ pub fn group_sequences(client: &SpiClient<'_>) -> VaultResult<Vec<(GroupId, i64)
 }
 
 /// A registered KMS key: name, provider kind and config (jsonb as text).
+#[derive(Debug, Clone)]
 pub struct KmsKeyRow {
     pub name: String,
     pub provider: String,
@@ -200,29 +203,43 @@ pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResul
     }
 }
 
-const KEY_COLUMNS: &str = "version, activates_at, retired_at IS NOT NULL, kms_key_id, wrapped_key, binding";
+/// A ring key row and the registered KMS key that wrapped it (after a move
+/// to another KMS key, rows not yet re-wrapped still name the old one).
+pub(crate) const KEY_COLUMNS: &str = "r.version, r.activates_at, r.retired_at IS NOT NULL, r.kms_key_id, r.wrapped_key, r.binding, \
+                           kr.name, kr.provider, kr.config::pg_catalog.text";
+pub(crate) const KEY_FROM: &str = "vault.ring_keys r JOIN vault.kms_keys kr ON kr.name OPERATOR(pg_catalog.=) r.kms_key";
 
-fn key_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<KeyRow> {
-    let at: TimestampWithTimeZone = column(row.get(2)?, "activates_at")?;
-    let binding: i16 = column(row.get(6)?, "binding")?;
+/// A key row from KEY_COLUMNS starting at column `at` (1-based).
+pub(crate) fn key_row_from(row: &pgrx::spi::SpiHeapTupleData<'_>, at: usize) -> VaultResult<KeyRow> {
+    let activates: TimestampWithTimeZone = column(row.get(at + 1)?, "activates_at")?;
+    let binding: i16 = column(row.get(at + 5)?, "binding")?;
     Ok(KeyRow {
-        version: column(row.get(1)?, "version")?,
-        activates_at: at.into(),
-        retired: column(row.get(3)?, "retired")?,
-        kms_key_id: column(row.get(4)?, "kms_key_id")?,
-        wrapped: column(row.get(5)?, "wrapped_key")?,
+        version: column(row.get(at)?, "version")?,
+        activates_at: activates.into(),
+        retired: column(row.get(at + 2)?, "retired")?,
+        kms_key_id: column(row.get(at + 3)?, "kms_key_id")?,
+        wrapped: column(row.get(at + 4)?, "wrapped_key")?,
         // An unknown binding is a tampered row: refuse it, never guess.
         binding: RingKeyBinding::from_column(binding)
             .ok_or_else(|| VaultError::Internal(format!("ring key row has unknown binding {binding}")))?,
+        kms: KmsKeyRow {
+            name: column(row.get(at + 6)?, "kms_key")?,
+            provider: column(row.get(at + 7)?, "provider")?,
+            config: column(row.get(at + 8)?, "config")?,
+        },
     })
+}
+
+fn key_row(row: pgrx::spi::SpiHeapTupleData<'_>) -> VaultResult<KeyRow> {
+    key_row_from(&row, 1)
 }
 
 /// Ring keys still bound the 0.1.0 way (group and version only), with their groups.
 pub fn legacy_bound_keys(client: &SpiClient<'_>, limit: i64, skip: &[GroupId]) -> VaultResult<Vec<(GroupRow, KeyRow)>> {
     let rows = client.select(
         &sql(&format!(
-            "SELECT {GROUP_COLUMNS}, r.version, r.activates_at, r.retired_at IS NOT NULL, r.kms_key_id, r.wrapped_key, r.binding
-               FROM vault.ring_keys r
+            "SELECT {GROUP_COLUMNS}, {KEY_COLUMNS}
+               FROM {KEY_FROM}
                JOIN vault.key_groups g ON g.id OPERATOR(pg_catalog.=) r.group_id
                JOIN vault.kms_keys k ON k.name OPERATOR(pg_catalog.=) g.kms_key
               WHERE r.binding OPERATOR(pg_catalog.=) 1
@@ -234,15 +251,7 @@ pub fn legacy_bound_keys(client: &SpiClient<'_>, limit: i64, skip: &[GroupId]) -
     )?;
     rows.into_iter()
         .map(|row| {
-            let at: TimestampWithTimeZone = column(row.get(G + 2)?, "activates_at")?;
-            let key = KeyRow {
-                binding: RingKeyBinding::V1,
-                version: column(row.get(G + 1)?, "version")?,
-                activates_at: at.into(),
-                retired: column(row.get(G + 3)?, "retired")?,
-                kms_key_id: column(row.get(G + 4)?, "kms_key_id")?,
-                wrapped: column(row.get(G + 5)?, "wrapped_key")?,
-            };
+            let key = key_row_from(&row, G + 1)?;
             Ok((group_row(row)?, key))
         })
         .collect()
@@ -255,16 +264,17 @@ pub fn rebind_key(
     group: &GroupId,
     version: i32,
     old_wrapped: &[u8],
+    kms_key: &str,
     kms_key_id: &str,
     wrapped: &[u8],
 ) -> VaultResult<bool> {
     let rows = client.update(
-        &sql("UPDATE vault.ring_keys SET wrapped_key = $4, kms_key_id = $5, binding = 2
+        &sql("UPDATE vault.ring_keys SET wrapped_key = $4, kms_key_id = $5, binding = 2, kms_key = $6
                WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2
                  AND binding OPERATOR(pg_catalog.=) 1 AND wrapped_key OPERATOR(pg_catalog.=) $3
               RETURNING 1")?,
         None,
-        &[uuid(group).into(), version.into(), old_wrapped.into(), wrapped.into(), kms_key_id.into()],
+        &[uuid(group).into(), version.into(), old_wrapped.into(), wrapped.into(), kms_key_id.into(), kms_key.into()],
     )?;
     Ok(!rows.is_empty())
 }
@@ -273,9 +283,9 @@ pub fn rebind_key(
 pub fn newest_keys(client: &SpiClient<'_>, group: &GroupId, limit: i64) -> VaultResult<Vec<KeyRow>> {
     let rows = client.select(
         &sql(&format!(
-            "SELECT {KEY_COLUMNS} FROM vault.ring_keys
-              WHERE group_id OPERATOR(pg_catalog.=) $1
-              ORDER BY version DESC
+            "SELECT {KEY_COLUMNS} FROM {KEY_FROM}
+              WHERE r.group_id OPERATOR(pg_catalog.=) $1
+              ORDER BY r.version DESC
               LIMIT $2"
         ))?,
         None,
@@ -288,10 +298,10 @@ pub fn newest_keys(client: &SpiClient<'_>, group: &GroupId, limit: i64) -> Vault
 pub fn current_key_row(client: &SpiClient<'_>, group: &GroupRow, now: TimestampWithTimeZone) -> VaultResult<KeyRow> {
     let rows = client.select(
         &sql(&format!(
-            "SELECT {KEY_COLUMNS} FROM vault.ring_keys
-              WHERE group_id OPERATOR(pg_catalog.=) $1 AND retired_at IS NULL
-                AND activates_at OPERATOR(pg_catalog.<=) $2
-              ORDER BY version DESC
+            "SELECT {KEY_COLUMNS} FROM {KEY_FROM}
+              WHERE r.group_id OPERATOR(pg_catalog.=) $1 AND r.retired_at IS NULL
+                AND r.activates_at OPERATOR(pg_catalog.<=) $2
+              ORDER BY r.version DESC
               LIMIT 1"
         ))?,
         Some(1),
@@ -306,8 +316,8 @@ pub fn current_key_row(client: &SpiClient<'_>, group: &GroupRow, now: TimestampW
 pub fn key_row_at(client: &SpiClient<'_>, group: &GroupId, version: i32) -> VaultResult<Option<KeyRow>> {
     let rows = client.select(
         &sql(&format!(
-            "SELECT {KEY_COLUMNS} FROM vault.ring_keys
-              WHERE group_id OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2"
+            "SELECT {KEY_COLUMNS} FROM {KEY_FROM}
+              WHERE r.group_id OPERATOR(pg_catalog.=) $1 AND r.version OPERATOR(pg_catalog.=) $2"
         ))?,
         Some(1),
         &[uuid(group).into(), version.into()],
@@ -361,18 +371,19 @@ pub fn insert_key(
     client: &mut SpiClient<'_>,
     group: &GroupId,
     version: i32,
+    kms_key: &str,
     kms_key_id: &str,
     wrapped: &[u8],
     now: TimestampWithTimeZone,
     activate_now: bool,
 ) -> VaultResult<()> {
     client.update(
-        &sql("INSERT INTO vault.ring_keys (group_id, version, created_at, activates_at, kms_key_id, wrapped_key, binding)
-         SELECT g.id, $2, $3, CASE WHEN $4 THEN $3 ELSE $3 OPERATOR(pg_catalog.+) g.propagation_delay END, $5, $6, 2
+        &sql("INSERT INTO vault.ring_keys (group_id, version, created_at, activates_at, kms_key_id, wrapped_key, binding, kms_key)
+         SELECT g.id, $2, $3, CASE WHEN $4 THEN $3 ELSE $3 OPERATOR(pg_catalog.+) g.propagation_delay END, $5, $6, 2, $7
            FROM vault.key_groups g
           WHERE g.id OPERATOR(pg_catalog.=) $1")?,
         None,
-        &[uuid(group).into(), version.into(), now.into(), activate_now.into(), kms_key_id.into(), wrapped.into()],
+        &[uuid(group).into(), version.into(), now.into(), activate_now.into(), kms_key_id.into(), wrapped.into(), kms_key.into()],
     )?;
     Ok(())
 }

@@ -86,7 +86,7 @@ fn insert_new_group(
     if !catalog::insert_group(client, &group, now)? {
         return Ok(false);
     }
-    catalog::insert_key(client, &id, 1, &key_id, &wrapped, now, true)?;
+    catalog::insert_key(client, &id, 1, &kms.name, &key_id, &wrapped, now, true)?;
     Ok(true)
 }
 
@@ -140,7 +140,7 @@ pub(crate) fn rotate_impl(
         let (key_id, wrapped) = kms::next_ring_key(&group, next)?;
         let now = catalog::clock();
         if catalog::claim_version(client, &group.id, next, now, due)? {
-            catalog::insert_key(client, &group.id, next, &key_id, &wrapped, now, false)?;
+            catalog::insert_key(client, &group.id, next, &group.kms_key, &key_id, &wrapped, now, false)?;
             coherence::note_change(group_name, Some(identity::current()?.cache_key(group.id)), true);
             return Ok(Some(next));
         }

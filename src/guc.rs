@@ -46,6 +46,11 @@ pub static KMS_REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000
 pub static KMS_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(3);
 pub static KMS_RETRY_BUDGET_MS: GucSetting<i32> = GucSetting::<i32>::new(10000);
 
+/// Re-wrap: ring key rows moved per second by each database's worker (0
+/// pauses), and how often it asks each KMS key for its current material.
+pub static REWRAP_RATE: GucSetting<i32> = GucSetting::<i32>::new(20);
+pub static REWRAP_CHECK_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
+
 /// File name of the embedded default master key, relative to the data directory.
 pub const DEFAULT_LOCAL_KEY_FILE: &str = "secret_vault_master.key";
 
@@ -180,6 +185,26 @@ pub fn init() {
         0,
         600_000,
         GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.rewrap_rate",
+        c"Ring key rows each worker re-wraps per second after a KMS rotation or a move (0 pauses).",
+        c"Each row is one KMS call (AWS ReEncrypt, transit rewrap; a move unwraps and wraps). See docs/kms.md.",
+        &REWRAP_RATE,
+        0,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.rewrap_check_interval",
+        c"How often the worker asks each KMS key in use for its current material.",
+        c"vault.rewrap() asks at once.",
+        &REWRAP_CHECK_INTERVAL_MS,
+        100,
+        86_400_000,
+        GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_enum_guc(

@@ -183,7 +183,9 @@ fn binding<'a>(group: &'a GroupRow, scheme: RingKeyBinding, version: i32) -> Bin
 /// edited `purpose` or `key_bytes` makes the key fail to unwrap: unusable,
 /// never handed out under the other purpose.
 pub fn unwrap(group: &GroupRow, row: &KeyRow) -> VaultResult<KeyBytes> {
-    let spec = KeySpec::of(group);
+    // The row's own KMS key: after a move, rows not yet re-wrapped are
+    // still under the old one.
+    let spec = row.kms.spec();
     let p = provider(&spec)?;
     counted(p.provider());
     let key = p
@@ -231,6 +233,23 @@ pub fn rebind_ring_key(group: &GroupRow, version: i32, key: &KeyBytes) -> VaultR
     let w = p
         .wrap(key, &binding(group, RingKeyBinding::V2, version), &call())
         .map_err(|e| named(&spec, e))?;
+    Ok((w.key_id, w.wrapped))
+}
+
+/// What a wrap made now by this KMS key would record (a live call): how
+/// the worker and vault.rewrap() notice a KMS rotation or an alias move.
+pub fn current_key_id(spec: &KeySpec) -> VaultResult<String> {
+    let p = provider(spec)?;
+    counted(p.provider());
+    p.current_key_id(&call()).map_err(|e| named(spec, e))
+}
+
+/// Moves a row of this KMS key to its current material with the provider's
+/// native re-wrap (AWS ReEncrypt, transit rewrap: the key never leaves the KMS).
+pub fn rewrap(spec: &KeySpec, row: &KeyRow, binding: &Binding) -> VaultResult<(String, Vec<u8>)> {
+    let p = provider(spec)?;
+    counted(p.provider());
+    let w = p.rewrap(&row.kms_key_id, &row.wrapped, binding, &call()).map_err(|e| named(spec, e))?;
     Ok((w.key_id, w.wrapped))
 }
 

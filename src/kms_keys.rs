@@ -122,7 +122,13 @@ fn drop_kms_key(name: &str) {
         }
         let groups: i64 = c
             .select(
-                &identity::sql("SELECT pg_catalog.count(*) FROM vault.key_groups WHERE kms_key OPERATOR(pg_catalog.=) $1")?,
+                // Groups using it, and groups moved away whose rows it still wraps.
+                &identity::sql(
+                    "SELECT pg_catalog.count(*) FROM vault.key_groups g
+                      WHERE g.kms_key OPERATOR(pg_catalog.=) $1
+                         OR EXISTS (SELECT 1 FROM vault.ring_keys r
+                                     WHERE r.group_id OPERATOR(pg_catalog.=) g.id AND r.kms_key OPERATOR(pg_catalog.=) $1)",
+                )?,
                 Some(1),
                 &[name.into()],
             )?

@@ -15,6 +15,7 @@ mod keyring;
 mod keys;
 mod kms;
 mod kms_keys;
+mod rewrap;
 mod log_hook;
 mod secret_store;
 mod secrets;

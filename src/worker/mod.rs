@@ -27,6 +27,7 @@ use secret_vault_core::secret::Generator;
 use crate::catalog;
 use crate::error::{VaultError, VaultResult};
 use crate::identity::{self, Identity};
+use crate::rewrap;
 use crate::{coherence, guc, keyring, kms, secret_store, secrets, shmem};
 use registry::{ItemKind, Slot, State};
 
@@ -118,6 +119,11 @@ struct Worker {
     /// that however many items fail, all of them are kept out of the due
     /// batches until their time; shared memory shows the newest of them.
     backoff: HashMap<(ItemKind, [u8; 16]), (u32, i64)>,
+    last_kms_check: Option<Instant>,
+    /// Re-wrap pacing: rows this worker may move now (a token bucket filled
+    /// at secret_vault.rewrap_rate per second, holding at most one second).
+    rewrap_allowance: f64,
+    rewrap_filled_at: Option<Instant>,
 }
 
 #[pg_guard]
@@ -147,6 +153,9 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         secrets_fingerprint: None,
         last_prune: None,
         backoff: slot.failures().into_iter().map(|f| ((f.kind, f.id), (f.failures, f.next_attempt))).collect(),
+        last_kms_check: None,
+        rewrap_allowance: 0.0,
+        rewrap_filled_at: None,
     };
     // A row lock held by a session (an open transaction that rotated or
     // updated the item) must not stall every other item: waits end after
@@ -223,6 +232,8 @@ impl Worker {
             self.step("scheduled group rotation", |w| w.rotate_due());
             self.step("scheduled secret rotation", |w| w.rotate_due_secrets(&ident));
             self.step("secret version pruning", |w| w.prune_secrets());
+            self.step("KMS material check", |w| w.check_kms_keys());
+            self.step("ring key re-wrap", |w| w.rewrap_rows());
         }
         let sync_every = Duration::from_millis(guc::SYNC_INTERVAL_MS.get().max(10) as u64);
         if self.last_sync.is_none_or(|t| t.elapsed() >= sync_every) {
@@ -328,7 +339,7 @@ impl Worker {
             let r = guarded(|| {
                 let key = kms::unwrap(&group, &row)?;
                 let (key_id, wrapped) = kms::rebind_ring_key(&group, row.version, &key)?;
-                txn(|_| Spi::connect_mut(|c| catalog::rebind_key(c, &group.id, row.version, &row.wrapped, &key_id, &wrapped))).map(|_| ())
+                txn(|_| Spi::connect_mut(|c| catalog::rebind_key(c, &group.id, row.version, &row.wrapped, &group.kms_key, &key_id, &wrapped))).map(|_| ())
             });
             if r.is_err() {
                 failed.push(group.id);
@@ -365,7 +376,7 @@ impl Worker {
                     if !catalog::claim_version(c, &group.id, next, now, Some(due_at))? {
                         return Ok(false);
                     }
-                    catalog::insert_key(c, &group.id, next, &key_id, &wrapped, now, false)?;
+                    catalog::insert_key(c, &group.id, next, &group.kms_key, &key_id, &wrapped, now, false)?;
                     coherence::note_change(&group.name, Some(ident.cache_key(group.id)), true);
                     Ok(true)
                 })
@@ -476,6 +487,96 @@ impl Worker {
             let r = guarded(|| self.warm(ident, id));
             self.outcome(ItemKind::CacheWarm, id, &pgrx::Uuid::from_bytes(*id).to_string(), r);
             free -= 1;
+        }
+        Ok(())
+    }
+
+    /// Asks each KMS key in use for its current material (every
+    /// secret_vault.rewrap_check_interval) and records it: rows on other
+    /// material are then re-wrapped by `rewrap_rows`.
+    fn check_kms_keys(&mut self) -> VaultResult<()> {
+        let every = Duration::from_millis(guc::REWRAP_CHECK_INTERVAL_MS.get().max(100) as u64);
+        if self.last_kms_check.is_some_and(|t| t.elapsed() < every) {
+            return Ok(());
+        }
+        self.last_kms_check = Some(Instant::now());
+        let keys = txn(|_| Spi::connect(|c| rewrap::keys_in_use(c, None)))?;
+        for k in keys {
+            // The live call between transactions.
+            let (found, error) = match guarded(|| kms::current_key_id(&k.spec())) {
+                Ok(id) => (Ok(id), None),
+                Err(e) => (Err(()), Some(e.message())),
+            };
+            txn(|_| {
+                Spi::connect_mut(|c| {
+                    if let Ok(id) = &found {
+                        if rewrap::record_key_id(c, &k.name, id)? {
+                            pgrx::log!("secret_vault worker: KMS key \"{}\" now wraps with {}", k.name.escape_debug(), id.escape_debug());
+                        }
+                    }
+                    rewrap::note(c, &k.name, 0, found.is_ok(), error.as_deref())
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Moves ring key rows to their group's KMS key's current material, at
+    /// most secret_vault.rewrap_rate per second: each row's KMS call between
+    /// transactions, its update a compare-and-set. A group whose row fails
+    /// backs off like any other item; reads and rotations go on throughout
+    /// (a re-wrapped row holds the same key, so no cache is invalidated).
+    fn rewrap_rows(&mut self) -> VaultResult<()> {
+        let rate = guc::REWRAP_RATE.get().max(0) as f64;
+        let now = Instant::now();
+        let elapsed = self.rewrap_filled_at.map_or(1.0, |t| now.duration_since(t).as_secs_f64());
+        self.rewrap_filled_at = Some(now);
+        self.rewrap_allowance = (self.rewrap_allowance + rate * elapsed).min(rate.max(1.0));
+        let budget = self.rewrap_allowance.floor() as i64;
+        if budget < 1 {
+            return Ok(());
+        }
+        let skip = self.backing_off(ItemKind::Rewrap);
+        let cands = txn(|_| Spi::connect(|c| rewrap::candidates(c, budget, &skip)))?;
+        let mut failed: Vec<GroupId> = Vec::new();
+        let mut moved: HashMap<String, i64> = HashMap::new();
+        for cand in cands {
+            if failed.contains(&cand.group.id) || crate::kms::shutdown_requested() {
+                continue;
+            }
+            self.rewrap_allowance -= 1.0;
+            let r = guarded(|| {
+                let (key_id, wrapped) = rewrap::rewrap_row(&cand)?;
+                let stored = txn(|_| {
+                    Spi::connect_mut(|c| {
+                        let stored = rewrap::store(c, &cand, &key_id, &wrapped)?;
+                        // The KMS answered with its current material: if the
+                        // recorded one is older (an alias moved since the
+                        // last check), record it, so rows are not moved twice.
+                        if stored && cand.to_key_id.as_deref() != Some(key_id.as_str()) && cand.row.kms.name == cand.to.name {
+                            rewrap::record_key_id(c, &cand.to.name, &key_id)?;
+                        }
+                        Ok::<_, VaultError>(stored)
+                    })
+                })?;
+                if stored {
+                    *moved.entry(cand.to.name.clone()).or_default() += 1;
+                }
+                Ok(())
+            });
+            // The error is recorded twice: per group (backoff, worker_failures)
+            // and per KMS key (vault.rewrap_status).
+            let r = r.map_err(|e| {
+                failed.push(cand.group.id);
+                let msg = e.message();
+                let name = cand.to.name.clone();
+                let _ = guarded(|| txn(|_| Spi::connect_mut(|c| rewrap::note(c, &name, 0, false, Some(&msg)))));
+                VaultError::Internal(msg)
+            });
+            self.outcome(ItemKind::Rewrap, &cand.group.id, &cand.group.name, r);
+        }
+        for (name, n) in moved {
+            txn(|_| Spi::connect_mut(|c| rewrap::note(c, &name, n, false, None)))?;
         }
         Ok(())
     }

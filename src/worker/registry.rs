@@ -85,6 +85,8 @@ pub enum ItemKind {
     SecretRotation = 2,
     KeyRebind = 3,
     CacheWarm = 4,
+    /// A group's ring key rows being moved to current KMS material.
+    Rewrap = 5,
 }
 
 impl ItemKind {
@@ -95,6 +97,7 @@ impl ItemKind {
             ItemKind::SecretRotation => "secret rotation",
             ItemKind::KeyRebind => "ring key re-binding",
             ItemKind::CacheWarm => "cache warm-up",
+            ItemKind::Rewrap => "ring key re-wrap",
         }
     }
 }
