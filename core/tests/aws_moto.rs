@@ -271,6 +271,68 @@ fn a_row_wrapped_before_the_alias_moved_still_unwraps() {
     assert_eq!(kms.unwrap(&new.key_id, &new.wrapped, &binding(2), &call()).unwrap(), new_key);
 }
 
+/// The alias moves to a new key: rows on the old key are found by their
+/// ARN and moved with ReEncrypt, the key never leaving KMS.
+#[test]
+fn after_the_alias_moves_rewrap_moves_rows_to_the_new_key() {
+    let f = Fixture::new();
+    let kms = f.kms("alias/vault");
+    assert_eq!(kms.current_key_id(&call()).unwrap(), f.key_arn);
+    let (key, old) = kms.generate(32, &binding(1), &call()).unwrap();
+    let new_arn = f.moto.boto("new_key", json!({"creds": f.creds, "alias": "alias/vault"}))["key_arn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(kms.current_key_id(&call()).unwrap(), new_arn, "follows the alias");
+
+    let moved = kms.rewrap(&old.key_id, &old.wrapped, &binding(1), &call()).unwrap();
+    assert_eq!(moved.key_id, new_arn);
+    assert_ne!(moved.wrapped, old.wrapped);
+    assert_eq!(kms.unwrap(&moved.key_id, &moved.wrapped, &binding(1), &call()).unwrap(), key);
+    // The new row is bound like the old one (DestinationEncryptionContext).
+    assert!(matches!(
+        kms.unwrap(&moved.key_id, &moved.wrapped, &binding(2), &call()),
+        Err(KmsError::WrappedKeyCorrupt { .. })
+    ));
+    // The answer lost, the caller tries again: the old row is still valid
+    // and gives another wrapping of the same key; so does the new row.
+    for (id, w) in [(&old.key_id, &old.wrapped), (&moved.key_id, &moved.wrapped)] {
+        let again = kms.rewrap(id, w, &binding(1), &call()).unwrap();
+        assert_eq!(again.key_id, new_arn);
+        assert_eq!(kms.unwrap(&again.key_id, &again.wrapped, &binding(1), &call()).unwrap(), key);
+    }
+    assert_eq!(kms.unwrap(&old.key_id, &old.wrapped, &binding(1), &call()).unwrap(), key);
+
+    // moto checks SourceEncryptionContext like Decrypt's context. (It
+    // ignores SourceKeyId; AWS answers IncorrectKeyException to a wrong one.)
+    match kms.rewrap(&old.key_id, &old.wrapped, &binding(2), &call()) {
+        Err(KmsError::WrappedKeyCorrupt { key_id }) => assert_eq!(key_id, f.key_arn),
+        other => panic!("{other:?}"),
+    }
+
+    // IAM: ReEncrypt is kms:ReEncryptFrom + kms:ReEncryptTo on AWS; moto
+    // checks a single "kms:ReEncrypt", which kms:ReEncrypt* covers in both.
+    let user = |name: &str, actions: Value| {
+        let u = f.moto.boto("user", json!({"creds": f.creds, "name": name, "actions": actions}));
+        f.kms_with(
+            "alias/vault",
+            vec![
+                ("AWS_ACCESS_KEY_ID", u["access_key"].as_str().unwrap().into()),
+                ("AWS_SECRET_ACCESS_KEY", u["secret_key"].as_str().unwrap().into()),
+            ],
+        )
+    };
+    let usual = json!(["kms:DescribeKey", "kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"]);
+    match user("no-reencrypt", usual.clone()).rewrap(&old.key_id, &old.wrapped, &binding(1), &call()) {
+        Err(KmsError::AccessDenied(m)) => assert!(m.contains("kms:ReEncryptFrom on") && m.contains(&f.key_arn), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let mut with = usual.as_array().unwrap().clone();
+    with.push(json!("kms:ReEncrypt*"));
+    let allowed = user("reencrypt", Value::Array(with)).rewrap(&old.key_id, &old.wrapped, &binding(1), &call());
+    assert_eq!(allowed.unwrap().key_id, new_arn);
+}
+
 #[test]
 fn bad_credentials_and_missing_permissions_are_access_denied() {
     let f = Fixture::new();

@@ -245,6 +245,63 @@ fn after_rotation_new_wraps_record_v2_old_rows_unwrap_until_min_decryption_versi
     assert_eq!(kms.unwrap(&w2.key_id, &w2.wrapped, &b, &c).unwrap(), k2);
 }
 
+/// After a rotation, rows on v1 are moved to v2 by the server (`rewrap`),
+/// under the least-privilege policy; once v1 is trimmed, only moved rows
+/// still unwrap.
+#[test]
+fn after_rotation_rewrap_moves_rows_to_the_latest_version() {
+    let bao = Bao::start();
+    bao.derived_key("ring");
+    bao.write_token(&bao.policy_token("ring"));
+    let kms = bao.kms("ring", json!({}));
+    let c = Call::patient();
+    let b = bind(0, 1, "encrypt", 32);
+    let (key, old) = kms.generate(32, &b, &c).unwrap();
+    assert_eq!(kms.current_key_id(&c).unwrap(), "transit:transit/ring:v1");
+    bao.ok("POST", "transit/keys/ring/rotate", json!({}));
+    assert_eq!(kms.current_key_id(&c).unwrap(), "transit:transit/ring:v2");
+
+    let moved = kms.rewrap(&old.key_id, &old.wrapped, &b, &c).unwrap();
+    assert_eq!(moved.key_id, "transit:transit/ring:v2");
+    assert!(moved.wrapped.starts_with(b"vault:v2:"), "{}", String::from_utf8_lossy(&moved.wrapped));
+    assert_eq!(kms.unwrap(&moved.key_id, &moved.wrapped, &b, &c).unwrap(), key);
+    // The context travels with the rewrap: the new row is bound like the old.
+    assert!(matches!(kms.unwrap(&moved.key_id, &moved.wrapped, &bind(1, 1, "encrypt", 32), &c),
+                     Err(KmsError::WrappedKeyCorrupt { .. })));
+    // Again, as after a lost answer, from the old row or the new one: the
+    // server always re-encrypts, so each gives a fresh v2 ciphertext.
+    for (id, w) in [(&old.key_id, &old.wrapped), (&moved.key_id, &moved.wrapped)] {
+        let again = kms.rewrap(id, w, &b, &c).unwrap();
+        assert_eq!(again.key_id, "transit:transit/ring:v2");
+        assert_ne!(&again.wrapped, w);
+        assert_eq!(kms.unwrap(&again.key_id, &again.wrapped, &b, &c).unwrap(), key);
+    }
+    assert_eq!(
+        kms.rewrap(&old.key_id, &old.wrapped, &bind(0, 2, "encrypt", 32), &c).unwrap_err(),
+        KmsError::WrappedKeyCorrupt { key_id: old.key_id.clone() }
+    );
+
+    bao.ok("POST", "transit/keys/ring/config", json!({"min_decryption_version": 2}));
+    assert_eq!(kms.unwrap(&moved.key_id, &moved.wrapped, &b, &c).unwrap(), key);
+    let m = unusable(kms.unwrap(&old.key_id, &old.wrapped, &b, &c));
+    assert!(m.contains("min_decryption_version"), "{m}");
+    let m = unusable(kms.rewrap(&old.key_id, &old.wrapped, &b, &c));
+    assert!(m.contains("transit rewrap") && m.contains("(too old)"), "{m}");
+}
+
+/// current_key_id only reads the key; judging it is check's job.
+#[test]
+fn current_key_id_reads_the_latest_version_without_judging_the_key() {
+    let bao = Bao::start();
+    bao.ok("POST", "transit/keys/plain", json!({}));
+    let kms = bao.kms("plain", json!({}));
+    let c = Call::patient();
+    assert!(matches!(kms.check(&c), Err(KmsError::KeyUnusable(_))));
+    assert_eq!(kms.current_key_id(&c).unwrap(), "transit:transit/plain:v1");
+    let m = unusable(bao.kms("absent", json!({})).current_key_id(&c));
+    assert!(m.contains("no such key"), "{m}");
+}
+
 #[test]
 fn a_new_token_in_the_file_is_used_by_the_next_call_and_one_without_permission_is_access_denied() {
     let bao = Bao::start();
@@ -349,8 +406,10 @@ fn a_sealed_server_is_unavailable_within_the_call_budget() {
         total_budget: budget,
         interrupted: &|| false,
     };
-    let calls: [&dyn Fn() -> Result<(), KmsError>; 4] = [
+    let calls: [&dyn Fn() -> Result<(), KmsError>; 6] = [
         &|| kms.check(&c).map(|_| ()),
+        &|| kms.current_key_id(&c).map(|_| ()),
+        &|| kms.rewrap(&w.key_id, &w.wrapped, &b, &c).map(|_| ()),
         &|| kms.generate(32, &b, &c).map(|_| ()),
         &|| kms.wrap(&KeyBytes::random(32), &b, &c).map(|_| ()),
         &|| kms.unwrap(&w.key_id, &w.wrapped, &b, &c).map(|_| ()),

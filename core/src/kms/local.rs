@@ -275,8 +275,21 @@ impl KmsProvider for LocalKms {
         Ok(self.id.clone())
     }
 
+    /// One key per provider, so always its fingerprint.
+    fn current_key_id(&self, _call: &Call) -> Result<String, KmsError> {
+        Ok(self.id.clone())
+    }
+
     fn wrap(&self, key: &KeyBytes, binding: &Binding, _call: &Call) -> Result<Wrapped, KmsError> {
         Ok(Wrapped { key_id: self.id.clone(), wrapped: self.seal(key, &binding.aad())? })
+    }
+
+    /// A fresh seal of the same key: the plaintext only passes through this
+    /// process, which holds the master key anyway. A row of another key
+    /// file is `WrongMasterKey` (moving it takes two providers, in the glue).
+    fn rewrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, call: &Call) -> Result<Wrapped, KmsError> {
+        let key = self.unwrap(wrapped_by, wrapped, binding, call)?;
+        self.wrap(&key, binding, call)
     }
 
     fn unwrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, _call: &Call) -> Result<KeyBytes, KmsError> {
@@ -338,6 +351,32 @@ mod tests {
             Err(KmsError::WrongMasterKey { wrapped_by, configured }) => {
                 assert_eq!(wrapped_by, a.key_id());
                 assert_eq!(configured, b.key_id());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rewrap_reseals_its_own_rows_and_refuses_others() {
+        let (old, k) = (kms(), kms());
+        let c = Call::patient();
+        assert_eq!(k.current_key_id(&c).unwrap(), k.key_id());
+        let ring = KeyBytes::random(32);
+        let w = k.wrap(&ring, &bind(4), &c).unwrap();
+        let again = k.rewrap(&w.key_id, &w.wrapped, &bind(4), &c).unwrap();
+        assert_eq!(again.key_id, k.key_id());
+        assert_ne!(again.wrapped, w.wrapped, "a fresh nonce");
+        assert_eq!(k.unwrap(&again.key_id, &again.wrapped, &bind(4), &c).unwrap(), ring);
+        // The source stays valid: a repeated call gives another good wrapping.
+        let twice = k.rewrap(&w.key_id, &w.wrapped, &bind(4), &c).unwrap();
+        assert_eq!(k.unwrap(&twice.key_id, &twice.wrapped, &bind(4), &c).unwrap(), ring);
+
+        assert!(matches!(k.rewrap(&w.key_id, &w.wrapped, &bind(5), &c), Err(KmsError::WrappedKeyCorrupt { .. })));
+        // A row of a previous key file: only the glue, holding both, moves it.
+        let o = old.wrap(&ring, &bind(4), &c).unwrap();
+        match k.rewrap(&o.key_id, &o.wrapped, &bind(4), &c) {
+            Err(KmsError::WrongMasterKey { wrapped_by, configured }) => {
+                assert_eq!((wrapped_by.as_str(), configured.as_str()), (old.key_id(), k.key_id()))
             }
             other => panic!("{other:?}"),
         }

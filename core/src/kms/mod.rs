@@ -90,6 +90,11 @@ pub trait KmsProvider {
     /// id new wraps will record (an alias becomes the key ARN).
     fn check(&self, call: &Call) -> Result<String, KmsError>;
 
+    /// The id a wrap made now would record, from a live call but without
+    /// `check`'s requirements: rows whose id differs are on older material
+    /// and are candidates for `rewrap`.
+    fn current_key_id(&self, call: &Call) -> Result<String, KmsError>;
+
     /// Wraps `key` under the master key, bound to `binding`.
     fn wrap(&self, key: &KeyBytes, binding: &Binding, call: &Call) -> Result<Wrapped, KmsError>;
 
@@ -97,6 +102,17 @@ pub trait KmsProvider {
     /// another master key is `WrongMasterKey`, distinct from a row whose bytes
     /// do not authenticate (`WrappedKeyCorrupt`).
     fn unwrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, call: &Call) -> Result<KeyBytes, KmsError>;
+
+    /// Moves a row's wrapped key (wrapped by `wrapped_by`, bound to
+    /// `binding`) to the master key's current material, with the same
+    /// binding; remote providers do it inside the KMS, so the key never
+    /// comes out. The same checks as `unwrap` apply: another master key's
+    /// row is `WrongMasterKey`, bytes that do not authenticate under
+    /// `binding` are `WrappedKeyCorrupt`. The source row stays valid, so a
+    /// repeated call (an answer lost on the way) simply yields another
+    /// wrapping of the same key. Moves between providers are not done here:
+    /// unwrap with one, wrap with the other.
+    fn rewrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, call: &Call) -> Result<Wrapped, KmsError>;
 
     /// A fresh random key of `len` bytes and its wrapped form. Providers with
     /// a native data-key call (GenerateDataKey) override it.

@@ -110,6 +110,7 @@ enum Op {
     Encrypt,
     DataKey,
     Decrypt,
+    Rewrap,
 }
 
 impl Op {
@@ -119,6 +120,7 @@ impl Op {
             Op::Encrypt => "encrypt",
             Op::DataKey => "datakey",
             Op::Decrypt => "decrypt",
+            Op::Rewrap => "rewrap",
         }
     }
 
@@ -128,6 +130,7 @@ impl Op {
             Op::Encrypt => "encrypt",
             Op::DataKey => "datakey/plaintext",
             Op::Decrypt => "decrypt",
+            Op::Rewrap => "rewrap",
         }
     }
 }
@@ -309,6 +312,29 @@ impl TransitKms {
         })
     }
 
+    fn read_key(&self, call: &Call) -> Result<KeyInfo, KmsError> {
+        let answer = self.request(call, Op::ReadKey, None, None)?;
+        self.data(Op::ReadKey, &answer)
+    }
+
+    /// A row's ciphertext, if the row is this key's and its id and
+    /// ciphertext agree on the version (checked before any call).
+    fn own_ciphertext<'a>(&self, wrapped_by: &str, wrapped: &'a [u8]) -> Result<&'a str, KmsError> {
+        let version = match parse_key_id(wrapped_by) {
+            Some((path, v)) if path == self.key_path() => v,
+            _ => {
+                return Err(KmsError::WrongMasterKey {
+                    wrapped_by: wrapped_by.to_string(),
+                    configured: format!("transit:{}", self.key_path()),
+                })
+            }
+        };
+        std::str::from_utf8(wrapped)
+            .ok()
+            .filter(|c| ciphertext_version(c) == Some(version))
+            .ok_or_else(|| KmsError::WrappedKeyCorrupt { key_id: wrapped_by.to_string() })
+    }
+
     fn wrapped(&self, op: Op, ciphertext: String) -> Result<Wrapped, KmsError> {
         let v = ciphertext_version(&ciphertext).ok_or_else(|| {
             KmsError::Refused(format!("{}: the answer's ciphertext has no vault:vN: prefix", self.place(op)))
@@ -359,8 +385,7 @@ impl KmsProvider for TransitKms {
     }
 
     fn check(&self, call: &Call) -> Result<String, KmsError> {
-        let answer = self.request(call, Op::ReadKey, None, None)?;
-        let info: KeyInfo = self.data(Op::ReadKey, &answer)?;
+        let info = self.read_key(call)?;
         let place = self.place(Op::ReadKey);
         if info.soft_deleted {
             return Err(KmsError::KeyUnusable(format!("{place}: the key is soft-deleted; restore it first")));
@@ -383,6 +408,13 @@ impl KmsProvider for TransitKms {
         Ok(self.key_id(info.latest_version))
     }
 
+    /// `transit:{mount}/{key}:v{latest_version}`: encrypt, datakey and
+    /// rewrap use the latest version. Unlike `check`, the key's type and
+    /// derivation are not judged here.
+    fn current_key_id(&self, call: &Call) -> Result<String, KmsError> {
+        Ok(self.key_id(self.read_key(call)?.latest_version))
+    }
+
     fn wrap(&self, key: &KeyBytes, binding: &Binding, call: &Call) -> Result<Wrapped, KmsError> {
         self.checked_once(call)?;
         let body = encrypt_body(key.as_bytes(), &context(binding));
@@ -392,23 +424,26 @@ impl KmsProvider for TransitKms {
     }
 
     fn unwrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, call: &Call) -> Result<KeyBytes, KmsError> {
-        let version = match parse_key_id(wrapped_by) {
-            Some((path, v)) if path == self.key_path() => v,
-            _ => {
-                return Err(KmsError::WrongMasterKey {
-                    wrapped_by: wrapped_by.to_string(),
-                    configured: format!("transit:{}", self.key_path()),
-                })
-            }
-        };
-        let ciphertext = std::str::from_utf8(wrapped)
-            .ok()
-            .filter(|c| ciphertext_version(c) == Some(version))
-            .ok_or_else(|| KmsError::WrappedKeyCorrupt { key_id: wrapped_by.to_string() })?;
+        let ciphertext = self.own_ciphertext(wrapped_by, wrapped)?;
         let body = json_body(serde_json::json!({ "ciphertext": ciphertext, "context": context(binding) }));
         let answer = self.request(call, Op::Decrypt, Some(body), Some(wrapped_by))?;
         let data: Decrypted = self.data(Op::Decrypt, &answer)?;
         self.key_from(Op::Decrypt, data.plaintext, None)
+    }
+
+    /// `rewrap`: the server decrypts and encrypts under the latest version
+    /// with the same derived context; the key never leaves it. It always
+    /// re-encrypts, so a row already on the latest version gets a fresh
+    /// ciphertext too. A version trimmed by `min_decryption_version` can no
+    /// longer be moved (KeyUnusable, as for unwrap).
+    fn rewrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, call: &Call) -> Result<Wrapped, KmsError> {
+        let ciphertext = self.own_ciphertext(wrapped_by, wrapped)?;
+        // Writes a new row, as wrap does: the key must still be derived.
+        self.checked_once(call)?;
+        let body = json_body(serde_json::json!({ "ciphertext": ciphertext, "context": context(binding) }));
+        let answer = self.request(call, Op::Rewrap, Some(body), Some(wrapped_by))?;
+        let data: Encrypted = self.data(Op::Rewrap, &answer)?;
+        self.wrapped(Op::Rewrap, data.ciphertext)
     }
 
     /// The server makes 16, 32 and 64-byte keys (`datakey`); other sizes
@@ -611,7 +646,7 @@ mod tests {
     }
 
     #[test]
-    fn unwrap_refuses_rows_of_other_keys_and_mismatched_versions_before_any_call() {
+    fn unwrap_and_rewrap_refuse_rows_of_other_keys_and_mismatched_versions_before_any_call() {
         // Nothing listens there: any request would fail as Unavailable.
         let k = kms(with("address", json!("http://127.0.0.1:9"))).unwrap();
         let c = Call::patient();
@@ -624,11 +659,14 @@ mod tests {
             }
         }
         for wrapped in [&b"vault:v2:AAAA"[..], b"AAAA", b"vault:v1", b"\xff\xfe"] {
-            assert_eq!(
-                k.unwrap("transit:transit/sv:v1", wrapped, &bind(), &c).unwrap_err(),
-                KmsError::WrappedKeyCorrupt { key_id: "transit:transit/sv:v1".into() }
-            );
+            let corrupt = KmsError::WrappedKeyCorrupt { key_id: "transit:transit/sv:v1".into() };
+            assert_eq!(k.unwrap("transit:transit/sv:v1", wrapped, &bind(), &c).unwrap_err(), corrupt);
+            assert_eq!(k.rewrap("transit:transit/sv:v1", wrapped, &bind(), &c).unwrap_err(), corrupt);
         }
+        assert!(matches!(
+            k.rewrap("transit:transit/other:v1", b"vault:v1:AAAA", &bind(), &c),
+            Err(KmsError::WrongMasterKey { .. })
+        ));
     }
 
     fn outcome(status: u16, body: &str, corrupt: Option<&str>) -> Verdict<Zeroizing<Vec<u8>>> {

@@ -140,10 +140,15 @@ pub fn kms_error(ctx: &Ctx, status: u16, body: &[u8]) -> Mapped {
         None => format!("HTTP {status} with {} bytes that are not an AWS error document", body.len()),
     };
     let Ctx { op, key, credentials } = ctx;
+    // IAM has no kms:ReEncrypt action: it is two, one per key.
+    let allow = match *op {
+        "ReEncrypt" => format!("kms:ReEncryptFrom on {key} and kms:ReEncryptTo on the configured key (kms:ReEncrypt*)"),
+        op => format!("kms:{op} on {key}"),
+    };
     let error = match class {
         Class::Denied => KmsError::AccessDenied(format!(
             "AWS KMS {op} on {key}: {said}; check that the IAM policy of the caller and the key policy allow \
-             kms:{op} on {key} (credentials from {credentials})"
+             {allow} (credentials from {credentials})"
         )),
         Class::BadCredentials => KmsError::AccessDenied(format!(
             "AWS KMS {op} on {key}: {said}; the credentials from {credentials} were not accepted: check the \
@@ -243,6 +248,11 @@ mod tests {
             r#"{"__type":"NotFoundException","message":"Alias arn:aws:kms:eu-west-1:1:alias/x is not found."}"#,
         );
         assert!(matches!(&m.error, KmsError::KeyUnusable(t) if t.contains("check key_id and region")), "{:?}", m.error);
+
+        let ctx = Ctx { op: "ReEncrypt", key: ARN, credentials: "the environment" };
+        let m = kms_error(&ctx, 400, br#"{"__type":"AccessDeniedException","message":"not authorized"}"#);
+        let text = m.error.to_string();
+        assert!(text.contains(&format!("kms:ReEncryptFrom on {ARN} and kms:ReEncryptTo on the configured key")), "{text}");
     }
 
     #[test]

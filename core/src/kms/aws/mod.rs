@@ -45,7 +45,7 @@ use sign::sign_request;
 const MAX_DATA_KEY: usize = 1024;
 /// Encrypt's limit on plaintext.
 const MAX_PLAINTEXT: usize = 4096;
-/// Decrypt's limit on ciphertext.
+/// Decrypt's and ReEncrypt's limit on ciphertext.
 const MAX_CIPHERTEXT: usize = 6144;
 
 /// A registered `aws` key's settings, checked.
@@ -218,6 +218,7 @@ enum Op {
     GenerateDataKey,
     Encrypt,
     Decrypt,
+    ReEncrypt,
 }
 
 impl Op {
@@ -227,11 +228,12 @@ impl Op {
             Op::GenerateDataKey => "GenerateDataKey",
             Op::Encrypt => "Encrypt",
             Op::Decrypt => "Decrypt",
+            Op::ReEncrypt => "ReEncrypt",
         }
     }
 }
 
-/// One request shape serves the four operations.
+/// One request shape serves the four operations that name one key.
 #[derive(Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 struct KmsRequest<'a> {
@@ -259,6 +261,17 @@ impl KmsRequest<'_> {
         serde_json::to_writer(&mut *out, self).expect("a map of strings always serializes");
         out
     }
+}
+
+/// ReEncrypt names two keys and two contexts (here always the same one).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReEncryptRequest<'a> {
+    ciphertext_blob: &'a str,
+    source_key_id: &'a str,
+    source_encryption_context: BTreeMap<&'a str, &'a str>,
+    destination_key_id: &'a str,
+    destination_encryption_context: BTreeMap<&'a str, &'a str>,
 }
 
 /// The fields of the answers we read; the key plaintext is borrowed from
@@ -372,6 +385,31 @@ impl AwsKms {
         result
     }
 
+    /// DescribeKey of the configured key: an alias is resolved to the key
+    /// it targets now.
+    fn describe(&self, call: &Call) -> Result<KeyMetadata, KmsError> {
+        let op = Op::DescribeKey;
+        let body = KmsRequest { key_id: &self.key_id, ..Default::default() }.body();
+        let answer = self.call_kms(op, &self.key_id, &body, call)?;
+        Ok(read_answer::<DescribeAnswer>(op, &self.key_id, &answer)?.key_metadata)
+    }
+
+    /// The checks unwrap and rewrap make before any call.
+    fn own_row(&self, wrapped_by: &str, wrapped: &[u8]) -> Result<(), KmsError> {
+        if Arn::key_region(wrapped_by) != Some(self.region.as_str()) {
+            // Another provider's id, or a key of another region: this
+            // endpoint cannot unwrap it.
+            return Err(KmsError::WrongMasterKey {
+                wrapped_by: wrapped_by.to_string(),
+                configured: self.key_id.clone(),
+            });
+        }
+        if wrapped.is_empty() || wrapped.len() > MAX_CIPHERTEXT {
+            return Err(KmsError::WrappedKeyCorrupt { key_id: wrapped_by.to_string() });
+        }
+        Ok(())
+    }
+
     /// The key ARN an answer names, checked.
     fn answered_key(&self, op: Op, key_id: Option<String>) -> Result<String, KmsError> {
         match key_id {
@@ -425,9 +463,7 @@ impl KmsProvider for AwsKms {
     /// must exist, be enabled and be a symmetric encryption key.
     fn check(&self, call: &Call) -> Result<String, KmsError> {
         let op = Op::DescribeKey;
-        let body = KmsRequest { key_id: &self.key_id, ..Default::default() }.body();
-        let answer = self.call_kms(op, &self.key_id, &body, call)?;
-        let meta = read_answer::<DescribeAnswer>(op, &self.key_id, &answer)?.key_metadata;
+        let meta = self.describe(call)?;
         let arn = meta.arn;
         let unusable = |why: String| Err(KmsError::KeyUnusable(format!("AWS KMS key {} ({arn}) {why}", self.key_id)));
         match meta.key_state.as_deref() {
@@ -455,6 +491,18 @@ impl KmsProvider for AwsKms {
             ))),
             None => Err(unexpected(op, &self.key_id, "KeyMetadata.Arn is not a key ARN")),
         }
+    }
+
+    /// DescribeKey's KeyMetadata.Arn: the key the configured id (an alias
+    /// resolved) names now, which Encrypt and GenerateDataKey record.
+    ///
+    /// Only an alias moved to another key changes it. A rotation of the
+    /// key itself (yearly or on demand) keeps its ARN and KMS decrypts
+    /// older material transparently, so rows need no re-wrap for it
+    /// (`rewrap` would still move them to the newest material).
+    fn current_key_id(&self, call: &Call) -> Result<String, KmsError> {
+        let arn = self.describe(call)?.arn;
+        self.answered_key(Op::DescribeKey, Some(arn))
     }
 
     /// Encrypt under the configured key.
@@ -486,17 +534,7 @@ impl KmsProvider for AwsKms {
     /// ciphertext of any other), and the row's binding as context.
     fn unwrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, call: &Call) -> Result<KeyBytes, KmsError> {
         let op = Op::Decrypt;
-        if Arn::key_region(wrapped_by) != Some(self.region.as_str()) {
-            // Another provider's id, or a key of another region: this
-            // endpoint cannot unwrap it.
-            return Err(KmsError::WrongMasterKey {
-                wrapped_by: wrapped_by.to_string(),
-                configured: self.key_id.clone(),
-            });
-        }
-        if wrapped.is_empty() || wrapped.len() > MAX_CIPHERTEXT {
-            return Err(KmsError::WrappedKeyCorrupt { key_id: wrapped_by.to_string() });
-        }
+        self.own_row(wrapped_by, wrapped)?;
         let blob = STANDARD.encode(wrapped);
         let context = binding.context();
         let body = KmsRequest {
@@ -509,6 +547,32 @@ impl KmsProvider for AwsKms {
         let answer = self.call_kms(op, wrapped_by, &body, call)?;
         let out: KmsAnswer = read_answer(op, wrapped_by, &answer)?;
         decode_key(op, wrapped_by, out.plaintext.ok_or_else(|| unexpected(op, wrapped_by, "no Plaintext"))?)
+    }
+
+    /// ReEncrypt from the row's key (SourceKeyId: AWS refuses ciphertext of
+    /// another key) to the configured one, an alias resolving to its
+    /// current target, with the binding as both contexts: the key never
+    /// leaves KMS. Errors are reported under the row's key, as for unwrap.
+    /// IAM: kms:ReEncryptFrom on the row's key, kms:ReEncryptTo on the
+    /// configured one (`kms:ReEncrypt*` grants both).
+    fn rewrap(&self, wrapped_by: &str, wrapped: &[u8], binding: &Binding, call: &Call) -> Result<Wrapped, KmsError> {
+        let op = Op::ReEncrypt;
+        self.own_row(wrapped_by, wrapped)?;
+        let blob = STANDARD.encode(wrapped);
+        let context = binding.context();
+        let request = ReEncryptRequest {
+            ciphertext_blob: &blob,
+            source_key_id: wrapped_by,
+            source_encryption_context: context_map(&context),
+            destination_key_id: &self.key_id,
+            destination_encryption_context: context_map(&context),
+        };
+        // No key material in it: a plain buffer will do.
+        let body = serde_json::to_vec(&request).expect("a map of strings always serializes");
+        let answer = self.call_kms(op, wrapped_by, &body, call)?;
+        let out: KmsAnswer = read_answer(op, wrapped_by, &answer)?;
+        let wrapped = decode_blob(op, wrapped_by, out.ciphertext_blob)?;
+        Ok(Wrapped { key_id: self.answered_key(op, out.key_id)?, wrapped })
     }
 
     /// GenerateDataKey: KMS makes the key and wraps it in one call.
@@ -650,16 +714,26 @@ mod tests {
             "arn:aws:kms:us-east-1:111122223333:key/1234",
             "transit:vault:3",
         ] {
-            match kms.unwrap(other, b"x", &binding, &Call::patient()) {
-                Err(KmsError::WrongMasterKey { wrapped_by, configured }) => {
-                    assert_eq!((wrapped_by.as_str(), configured.as_str()), (other, "alias/v"))
+            let unwrapped = kms.unwrap(other, b"x", &binding, &Call::patient()).map(|_| ());
+            let rewrapped = kms.rewrap(other, b"x", &binding, &Call::patient()).map(|_| ());
+            for r in [unwrapped, rewrapped] {
+                match r {
+                    Err(KmsError::WrongMasterKey { wrapped_by, configured }) => {
+                        assert_eq!((wrapped_by.as_str(), configured.as_str()), (other, "alias/v"))
+                    }
+                    r => panic!("{other}: {r:?}"),
                 }
-                r => panic!("{other}: {:?}", r.map(|_| ())),
             }
         }
         assert!(
             matches!(kms.unwrap(ARN, b"", &binding, &Call::patient()), Err(KmsError::WrappedKeyCorrupt { key_id }) if key_id == ARN)
         );
+        let too_long = vec![1u8; MAX_CIPHERTEXT + 1];
+        for wrapped in [&b""[..], &too_long] {
+            assert!(
+                matches!(kms.rewrap(ARN, wrapped, &binding, &Call::patient()), Err(KmsError::WrappedKeyCorrupt { key_id }) if key_id == ARN)
+            );
+        }
         assert!(matches!(kms.generate(0, &binding, &Call::patient()), Err(KmsError::Refused(_))));
         assert!(matches!(kms.generate(1025, &binding, &Call::patient()), Err(KmsError::Refused(_))));
     }
@@ -689,6 +763,38 @@ mod tests {
                 "secret_vault:purpose": "export", "secret_vault:key_bytes": "32"}})
         );
         assert!(body.capacity() >= body.len());
+    }
+
+    #[test]
+    fn a_rewrap_is_one_signed_re_encrypt_and_records_the_destination_arn() {
+        const NEW: &str = "arn:aws:kms:eu-west-1:111122223333:key/new";
+        let (port, h) = fake_kms(
+            200,
+            r#"{"CiphertextBlob":"AQID","KeyId":"arn:aws:kms:eu-west-1:111122223333:key/new","SourceKeyId":"x"}"#,
+            1,
+        );
+        let binding =
+            Binding { scheme: crate::aad::RingKeyBinding::V2, group: &[1; 16], version: 2, purpose: "p", key_bytes: 32 };
+        let w = kms_at(port).rewrap(ARN, b"old", &binding, &Call::patient()).unwrap();
+        assert_eq!(w, Wrapped { key_id: NEW.into(), wrapped: vec![1, 2, 3] });
+        let heads = h.join().unwrap();
+        assert!(heads[0].contains("x-amz-target: trentservice.reencrypt"), "{}", heads[0]);
+
+        let context = binding.context();
+        let request = ReEncryptRequest {
+            ciphertext_blob: "b2xk",
+            source_key_id: ARN,
+            source_encryption_context: context_map(&context),
+            destination_key_id: "alias/v",
+            destination_encryption_context: context_map(&context),
+        };
+        let ctx = json!({"secret_vault:group": "01".repeat(16), "secret_vault:version": "2",
+                         "secret_vault:purpose": "p", "secret_vault:key_bytes": "32"});
+        assert_eq!(
+            serde_json::to_value(&request).unwrap(),
+            json!({"CiphertextBlob": "b2xk", "SourceKeyId": ARN, "SourceEncryptionContext": ctx,
+                   "DestinationKeyId": "alias/v", "DestinationEncryptionContext": ctx})
+        );
     }
 
     /// A KMS that answers every request with `status` and `body`, and
