@@ -166,6 +166,28 @@ def main():
         warm.psql("SELECT count(vault.current('start/' || i)) FROM generate_series(1, 100) i")
         after_use = int(warm.psql("SELECT kms_calls_aws FROM vault.stats()"))
 
+        # Re-wrap after a transit rotation: throughput against the pacing
+        # setting, and vault.current tps during a pass against before.
+        warm.psql("SELECT vault.create_group('rw/' || i, propagation_delay => '0', kms_key => 'bao') "
+                  "FROM generate_series(1, 100) i")
+        warm.psql("SELECT vault.rotate('rw/' || i) FROM generate_series(1, 100) i, generate_series(1, 3)")
+        cur = "SELECT * FROM vault.current('bench/local');"
+        warm.psql(cur)
+        before = pgbench(warm, cur, 2)
+        rewraps = []
+        for rate in (50, 200):
+            warm.psql(f"ALTER SYSTEM SET secret_vault.rewrap_rate = {rate}")
+            warm.psql("SELECT pg_reload_conf()")
+            peers.bao_call("POST", "transit/keys/bench/rotate", {})
+            todo = int(warm.psql("SELECT vault.rewrap('bao')"))
+            t0 = time.time()
+            during = pgbench(warm, cur, 2)
+            while int(warm.psql("SELECT rows_old FROM vault.rewrap_status WHERE kms_key = 'bao'")) > 0 \
+                    and time.time() - t0 < 600:
+                time.sleep(0.2)
+            took = time.time() - t0
+            rewraps.append((rate, todo, took, during))
+
         print()
         print(f"{'provider':<10} {'warm hit':>12} {'cold miss':>12} {'miss/hit':>9} {'miss latency':>13}  KMS calls")
         for kms, hit, miss, calls in rows:
@@ -175,6 +197,11 @@ def main():
         print()
         print(f"cold start, 100 AWS groups x 4 versions (and 1 more AWS group): worker warmed them in {warmed_in:.1f} s with "
               f"{start_calls} AWS KMS calls; {after_use - start_calls} more to serve vault.current of all 100")
+        print()
+        print(f"re-wrap after a transit key rotation (vault.current tps before the passes: {before:.0f}, 2 clients):")
+        for rate, todo, took, during in rewraps:
+            print(f"  rewrap_rate {rate:>4}/s: {todo} rows in {took:.1f} s = {todo / took:.0f} rows/s; "
+                  f"vault.current during the pass {during:.0f} tps = {during / before:.2f}x before")
         print("pgbench -M prepared, 1 client; cold = secret_vault.cache_groups = 0 (every call reads the tables and "
               "unwraps through the KMS); peers on loopback (moto, OpenBao dev).")
     finally:

@@ -297,8 +297,8 @@ check "vault.current still serves the 0.1.0 key (the new one is pending for 30s)
        FROM vault.current('up/export') k, public.old_key o"
 
 # Ownership and grants.
-check "tables, sequence and views owned by vault_owner (12 relations)" upgraded \
-    "SELECT count(*) = 12 AND bool_and(pg_catalog.pg_get_userbyid(relowner) = 'vault_owner')
+check "tables, sequence and views owned by vault_owner (14 relations)" upgraded \
+    "SELECT count(*) = 14 AND bool_and(pg_catalog.pg_get_userbyid(relowner) = 'vault_owner')
        FROM pg_catalog.pg_class WHERE relnamespace = 'vault'::pg_catalog.regnamespace AND relkind IN ('r', 'S', 'v')"
 check "SECURITY DEFINER functions owned by vault_owner, the others not" upgraded \
     "SELECT bool_and((pg_catalog.pg_get_userbyid(proowner) = 'vault_owner') = prosecdef) AND count(*) FILTER (WHERE prosecdef) >= 10

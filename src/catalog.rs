@@ -365,6 +365,7 @@ pub fn insert_group(client: &mut SpiClient<'_>, g: &NewGroup<'_>, now: Timestamp
     Ok(!rows.is_empty())
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Stores a wrapped ring key. Version 1 is active at once; later versions
 /// after the group's propagation delay.
 pub fn insert_key(

@@ -36,8 +36,11 @@ struct Recipe {
     connect_timeout_ms: i32,
 }
 
+/// Per KMS key name: what its provider was built from, and the provider.
+type Providers = HashMap<String, (Recipe, Rc<dyn KmsProvider>)>;
+
 thread_local! {
-    static PROVIDERS: RefCell<HashMap<String, (Recipe, Rc<dyn KmsProvider>)>> = RefCell::new(HashMap::new());
+    static PROVIDERS: RefCell<Providers> = RefCell::new(HashMap::new());
 }
 
 /// Set in the background worker, whose shutdown request is its own flag.

@@ -76,7 +76,7 @@ fn add_kms_key_impl(name: &str, provider: &str, config: &serde_json::Value) -> V
             None,
             &[name.into(), provider.into(), text.as_str().into(), key_id.as_str().into()],
         )?;
-        if inserted.len() == 0 {
+        if inserted.is_empty() {
             return Err(VaultError::KmsKeyExists(name.to_string()));
         }
         Ok(())

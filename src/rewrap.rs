@@ -190,7 +190,7 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
         let keys = identity::as_owner(|_| Spi::connect(|c| keys_in_use(c, kms_key)))?;
         if let (Some(_), true) = (kms_key, keys.is_empty()) {
             // Registered but unused is fine; unknown is not.
-            if !Spi::connect(|c| catalog::resolve_kms_key(c, kms_key).map(|_| ())).is_ok() {
+            if Spi::connect(|c| catalog::resolve_kms_key(c, kms_key).map(|_| ())).is_err() {
                 return Err(VaultError::KmsKeyNotFound);
             }
         }
