@@ -295,10 +295,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'move_group_wrapper';
 
-ALTER FUNCTION vault.rewrap(text) OWNER TO vault_owner;
-ALTER FUNCTION vault.move_group(text, text) OWNER TO vault_owner;
-REVOKE ALL ON FUNCTION vault.rewrap(text), vault.move_group(text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION vault.rewrap(text), vault.move_group(text, text) TO vault_admin;
 
 -- Superusers only: a config names files and endpoints the server will use.
 REVOKE ALL ON FUNCTION vault.add_kms_key(text, text, jsonb), vault.set_default_kms_key(text),
@@ -377,6 +373,8 @@ GRANT SELECT ON vault.worker_failures TO vault_admin;
 
 REVOKE ALL ON FUNCTION vault.destroy(text, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vault.destroy(text, int) TO vault_admin;
+REVOKE ALL ON FUNCTION vault.rewrap(text), vault.move_group(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.rewrap(text), vault.move_group(text, text) TO vault_admin;
 
 -- SECURITY DEFINER functions run as vault_owner, never as the superuser who
 -- ran CREATE EXTENSION.
