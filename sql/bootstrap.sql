@@ -82,8 +82,8 @@ GRANT USAGE ON SCHEMA vault TO vault_owner;
 -- config holds only non-secret settings (region, key, address, paths of the
 -- token and CA files): credentials come from the server's environment.
 -- key_id is the resolved id new wraps record, as found by the live check of
--- vault.add_kms_key (NULL for the built-in 'local': the fingerprint of the
--- server's configured key file).
+-- vault.add_kms_key and kept current by the worker (re-wrap); NULL for the
+-- built-in 'local' until the worker first looks.
 CREATE TABLE vault.kms_keys (
     name        text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
     provider    text NOT NULL CHECK (provider IN ('local', 'aws', 'transit')),

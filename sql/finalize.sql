@@ -93,7 +93,7 @@ GRANT EXECUTE ON FUNCTION
 
 GRANT SELECT ON vault.groups, vault.group_versions TO vault_reader, vault_admin;
 GRANT SELECT ON vault.kms_keys, vault.rewrap_status TO vault_admin;
-GRANT EXECUTE ON FUNCTION vault.rewrap(text), vault.move_group(text, text) TO vault_admin;
+GRANT EXECUTE ON FUNCTION vault.rewrap(text) TO vault_admin;
 
 REVOKE ALL ON vault.decrypted_secrets FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA vault FROM PUBLIC;

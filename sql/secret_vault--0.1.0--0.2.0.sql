@@ -22,13 +22,14 @@
 --  * new: vault.destroy(group_name, below_version), for vault_admin;
 --  * new: KMS key registry, for superusers only: vault.add_kms_key,
 --    vault.set_default_kms_key, vault.drop_kms_key; vault.kms_keys.key_id
---    (the resolved id new wraps record; NULL for the built-in 'local');
+--    (the resolved id new wraps record, kept current by the worker);
 --  * vault.kms_keys: a trigger moves the default flag, so a dumped or
 --    replicated default loads beside the built-in 'local' row;
 --  * vault.ring_keys.kms_key: the registered KMS key that wrapped each row
 --    (moves re-wrap rows from one to another);
---  * re-wrap: vault.rewrap(kms_key), vault.move_group(group, kms_key) and
---    view vault.rewrap_status, for vault_admin; table vault.rewrap_state;
+--  * re-wrap: vault.rewrap(kms_key) and view vault.rewrap_status for
+--    vault_admin, vault.move_group(group, kms_key) for superusers; table
+--    vault.rewrap_state;
 --  * vault.stats() gains kms_calls_local, kms_calls_aws, kms_calls_transit.
 -- The generated definitions of every other function are unchanged from
 -- 0.1.0. Values need no rewrite: 0.2.0 reads 0.1.0 ciphertexts (secret
@@ -290,7 +291,7 @@ CREATE FUNCTION vault."move_group"(
 	"group_name" TEXT, /* & str */
 	"kms_key" TEXT /* & str */
 ) RETURNS bigint /* i64 */
-STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'move_group_wrapper';
@@ -374,7 +375,7 @@ GRANT SELECT ON vault.worker_failures TO vault_admin;
 REVOKE ALL ON FUNCTION vault.destroy(text, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vault.destroy(text, int) TO vault_admin;
 REVOKE ALL ON FUNCTION vault.rewrap(text), vault.move_group(text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION vault.rewrap(text), vault.move_group(text, text) TO vault_admin;
+GRANT EXECUTE ON FUNCTION vault.rewrap(text) TO vault_admin;
 
 -- SECURITY DEFINER functions run as vault_owner, never as the superuser who
 -- ran CREATE EXTENSION.

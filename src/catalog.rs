@@ -207,7 +207,10 @@ pub fn resolve_kms_key(client: &SpiClient<'_>, name: Option<&str>) -> VaultResul
 /// to another KMS key, rows not yet re-wrapped still name the old one).
 pub(crate) const KEY_COLUMNS: &str = "r.version, r.activates_at, r.retired_at IS NOT NULL, r.kms_key_id, r.wrapped_key, r.binding, \
                            kr.name, kr.provider, kr.config::pg_catalog.text";
-pub(crate) const KEY_FROM: &str = "vault.ring_keys r JOIN vault.kms_keys kr ON kr.name OPERATOR(pg_catalog.=) r.kms_key";
+/// LEFT JOIN: a row naming no registered KMS key (replicated or restored
+/// without it) is an error when read, never silently skipped (which would
+/// make an older version look current).
+pub(crate) const KEY_FROM: &str = "vault.ring_keys r LEFT JOIN vault.kms_keys kr ON kr.name OPERATOR(pg_catalog.=) r.kms_key";
 
 /// A key row from KEY_COLUMNS starting at column `at` (1-based).
 pub(crate) fn key_row_from(row: &pgrx::spi::SpiHeapTupleData<'_>, at: usize) -> VaultResult<KeyRow> {

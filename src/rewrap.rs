@@ -194,14 +194,24 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
                 return Err(VaultError::KmsKeyNotFound);
             }
         }
-        // Live calls first, with nothing locked; then one short write each.
-        for k in &keys {
-            let id = kms::current_key_id(&k.spec())?;
-            Spi::connect_mut(|c| {
-                record_key_id(c, &k.name, &id)?;
-                note(c, &k.name, 0, true, None)
-            })?;
-        }
+        // Every live call first, with nothing locked; then the writes.
+        let found: Vec<(&KmsKeyRow, Result<String, String>)> =
+            keys.iter().map(|k| (k, kms::current_key_id(&k.spec()).map_err(|e| e.message()))).collect();
+        Spi::connect_mut(|c| -> VaultResult<()> {
+            for (k, r) in &found {
+                match r {
+                    Ok(id) => {
+                        record_key_id(c, &k.name, id)?;
+                        note(c, &k.name, 0, true, None)?;
+                    }
+                    Err(msg) => {
+                        pgrx::warning!("{msg}");
+                        note(c, &k.name, 0, false, Some(msg))?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
         Spi::connect(|c| pending(c, kms_key))
     })()
     .or_raise()
@@ -209,12 +219,19 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
 
 /// Moves a group to another registered KMS key: new versions are wrapped
 /// by it at once, and the worker re-wraps the existing rows (paced, online);
-/// returns how many rows it has to move.
-#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+/// returns how many rows it has to move. For superusers, like the registry:
+/// which master key protects a group's keys is theirs to decide (moving a
+/// group to the built-in `local` key would put its keys' protection in the
+/// data directory, and in every base backup). Not SECURITY DEFINER, so the
+/// check is on the real caller.
+#[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn move_group(group_name: &str, kms_key: &str) -> i64 {
     (|| -> VaultResult<i64> {
         require_writable("move a key group")?;
+        if !unsafe { pg_sys::superuser() } {
+            return Err(VaultError::PermissionDenied("vault.move_group (only superusers may change which KMS key protects a group)"));
+        }
         Spi::connect_mut(|c| {
             let group = catalog::group(c, group_name)?;
             let to = catalog::resolve_kms_key(c, Some(kms_key))?;

@@ -28,6 +28,7 @@ use crate::catalog;
 use crate::error::{VaultError, VaultResult};
 use crate::identity::{self, Identity};
 use crate::rewrap;
+use secret_vault_core::KmsError;
 use crate::{coherence, guc, keyring, kms, secret_store, secrets, shmem};
 use registry::{ItemKind, Slot, State};
 
@@ -511,7 +512,13 @@ impl Worker {
                 Spi::connect_mut(|c| {
                     if let Ok(id) = &found {
                         if rewrap::record_key_id(c, &k.name, id)? {
-                            pgrx::log!("secret_vault worker: KMS key \"{}\" now wraps with {}", k.name.escape_debug(), id.escape_debug());
+                            // A WARNING: an alias moved by someone with access to
+                            // the KMS account makes every row follow it.
+                            pgrx::warning!(
+                                "secret_vault worker: KMS key \"{}\" now wraps with {}; its rows will be re-wrapped",
+                                k.name.escape_debug(),
+                                id.escape_debug()
+                            );
                         }
                     }
                     rewrap::note(c, &k.name, 0, found.is_ok(), error.as_deref())
@@ -529,6 +536,12 @@ impl Worker {
     fn rewrap_rows(&mut self) -> VaultResult<()> {
         let rate = guc::REWRAP_RATE.get().max(0) as f64;
         let now = Instant::now();
+        if rate == 0.0 {
+            // Paused: nothing banked carries over.
+            self.rewrap_allowance = 0.0;
+            self.rewrap_filled_at = Some(now);
+            return Ok(());
+        }
         let elapsed = self.rewrap_filled_at.map_or(1.0, |t| now.duration_since(t).as_secs_f64());
         self.rewrap_filled_at = Some(now);
         self.rewrap_allowance = (self.rewrap_allowance + rate * elapsed).min(rate.max(1.0));
@@ -566,6 +579,13 @@ impl Worker {
             });
             // The error is recorded twice: per group (backoff, worker_failures)
             // and per KMS key (vault.rewrap_status).
+            // An unreachable, throttling or hung KMS ends this round's pass:
+            // trying every other row would hold the worker's other work for
+            // a retry budget each.
+            let stop = matches!(
+                &r,
+                Err(VaultError::KmsCall { error: KmsError::Unavailable(_) | KmsError::Throttled(_) | KmsError::Interrupted, .. })
+            );
             let r = r.map_err(|e| {
                 failed.push(cand.group.id);
                 let msg = e.message();
@@ -574,6 +594,9 @@ impl Worker {
                 VaultError::Internal(msg)
             });
             self.outcome(ItemKind::Rewrap, &cand.group.id, &cand.group.name, r);
+            if stop {
+                break;
+            }
         }
         for (name, n) in moved {
             txn(|_| Spi::connect_mut(|c| rewrap::note(c, &name, n, false, None)))?;

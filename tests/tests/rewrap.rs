@@ -91,7 +91,8 @@ fn a_transit_rotation_is_rewrapped_and_old_versions_can_then_be_trimmed() {
     assert_eq!(ids(&mut db), vec![("bao".into(), "transit:transit/app:v1".into())]);
     bao.rotate_key("app");
     let todo: i64 = db.query_one("SELECT vault.rewrap('bao')", &[]).unwrap().get(0);
-    assert_eq!(todo, 9, "every row is on v1");
+    // The worker's own check (every 500 ms) may have started already.
+    assert!(todo > 0 && todo <= 9, "rows on v1: {todo}");
     assert!(settled(&mut db, 30), "the worker re-wrapped every row");
     assert_eq!(ids(&mut db), vec![("bao".into(), "transit:transit/app:v2".into())]);
     let moved: i64 = db.query_one("SELECT rows_moved FROM vault.rewrap_status WHERE kms_key = 'bao'", &[]).unwrap().get(0);
@@ -137,12 +138,33 @@ fn groups_move_local_to_aws_to_transit_to_local_and_data_opens_after_each() {
     add_aws(&mut db, &moto, "aws", &arn);
     add_transit(&mut db, &bao, "bao");
     data(&mut db, "local", 2);
+    // Paused mid-move, cold: each row opens with the KMS key that wrapped it.
+    db.batch_execute("ALTER SYSTEM SET secret_vault.rewrap_rate = 0").unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let todo: i64 = db.query_one("SELECT vault.move_group('rw/0', 'aws')", &[]).unwrap().get(0);
+    assert_eq!(todo, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let moving: i64 = db.query_one("SELECT rows_moving_in FROM vault.rewrap_status WHERE kms_key = 'aws'", &[]).unwrap().get(0);
+    assert_eq!(moving, 3, "rate 0 pauses the pass");
+    db.execute("SELECT vault.rotate('rw/0')", &[]).unwrap();
+    c.restart();
+    db = c.client();
+    all_decrypt(&mut db);
+    let e = db.execute("SELECT vault.drop_kms_key('aws')", &[]).unwrap_err();
+    assert_eq!(secret_vault_it::db_error(&e).0, "2BP01");
+    db.batch_execute("ALTER SYSTEM RESET secret_vault.rewrap_rate").unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    assert!(settled(&mut db, 30), "resumed");
+    db.execute("SELECT vault.move_group('rw/0', 'local')", &[]).unwrap();
+    assert!(settled(&mut db, 30), "back to local");
     for (to, id_prefix) in [("aws", "arn:aws:kms:"), ("bao", "transit:transit/app:"), ("local", "local:sha256:")] {
         let mut todo = 0;
         for g in ["rw/0", "rw/1"] {
             todo += db.query_one("SELECT vault.move_group($1, $2)", &[&g, &to]).unwrap().get::<_, i64>(0);
         }
-        assert_eq!(todo, 6, "to {to}");
+        let rows: i64 = db.query_one("SELECT count(*) FROM vault.ring_keys", &[]).unwrap().get(0);
+        assert_eq!(todo, rows, "to {to}");
         // Reads and rotations go on during the move.
         all_decrypt(&mut db);
         assert!(settled(&mut db, 30), "moved to {to}");
@@ -167,7 +189,7 @@ fn a_pass_survives_kill_9_of_the_worker_and_a_kms_outage_and_loses_no_row() {
     data(&mut db, "bao", 6);
     bao.rotate_key("app");
     let todo: i64 = db.query_one("SELECT vault.rewrap('bao')", &[]).unwrap().get(0);
-    assert_eq!(todo, 18);
+    assert!(todo > 12 && todo <= 18, "rows on v1: {todo}");
     let old = |db: &mut Client| -> i64 {
         db.query_one("SELECT rows_old FROM vault.rewrap_status WHERE kms_key = 'bao'", &[]).unwrap().get(0)
     };
