@@ -17,7 +17,7 @@ use crate::error::{require_writable, OrRaise, VaultError, VaultResult};
 use crate::identity;
 use crate::kms::{self, KeySpec};
 
-fn require_superuser(what: &'static str) -> VaultResult<()> {
+pub(crate) fn require_superuser(what: &'static str) -> VaultResult<()> {
     if unsafe { pg_sys::superuser() } {
         Ok(())
     } else {

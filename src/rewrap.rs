@@ -229,9 +229,7 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
 fn move_group(group_name: &str, kms_key: &str) -> i64 {
     (|| -> VaultResult<i64> {
         require_writable("move a key group")?;
-        if !unsafe { pg_sys::superuser() } {
-            return Err(VaultError::PermissionDenied("vault.move_group (only superusers may change which KMS key protects a group)"));
-        }
+        crate::kms_keys::require_superuser("vault.move_group (only superusers may change which KMS key protects a group)")?;
         Spi::connect_mut(|c| {
             let group = catalog::group(c, group_name)?;
             let to = catalog::resolve_kms_key(c, Some(kms_key))?;

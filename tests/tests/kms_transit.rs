@@ -334,6 +334,7 @@ fn registry_is_for_superusers_validates_configs_and_refuses_drops_in_use() {
         format!("SELECT vault.add_kms_key('mine', 'transit', '{}')", config(&bao.address(), &token, "")),
         "SELECT vault.set_default_kms_key('local')".to_string(),
         "SELECT vault.drop_kms_key('bao')".to_string(),
+        "SELECT vault.move_group('r/g', 'local')".to_string(),
     ] {
         let e = ops.batch_execute(&sql).unwrap_err();
         assert_eq!(db_error(&e).0, "42501", "{sql}");
