@@ -420,7 +420,8 @@ fn a_sealed_server_is_unavailable_within_the_call_budget() {
             Err(KmsError::Unavailable(m)) => assert!(m.contains("sealed") && m.contains("HTTP 503"), "{m}"),
             other => panic!("{other:?}"),
         }
-        // 503 is retried, with backoff, until the budget would be overrun.
-        assert!(start.elapsed() < budget, "took {:?}", start.elapsed());
+        // 503 is retried, with backoff, while a retry can start within the
+        // budget: the call ends within the budget plus one request.
+        assert!(start.elapsed() < budget + c.request_timeout, "took {:?}", start.elapsed());
     }
 }
