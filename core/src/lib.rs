@@ -7,7 +7,9 @@
 //! the redaction of values from text bound for the server log.
 
 pub mod aad;
+pub mod access;
 pub mod aead;
+pub mod audit;
 pub mod cache;
 pub mod error;
 pub mod format;
