@@ -297,15 +297,15 @@ check "vault.current still serves the 0.1.0 key (the new one is pending for 30s)
        FROM vault.current('up/export') k, public.old_key o"
 
 # Ownership and grants.
-check "tables, sequence and views owned by vault_owner (14 relations)" upgraded \
-    "SELECT count(*) = 14 AND bool_and(pg_catalog.pg_get_userbyid(relowner) = 'vault_owner')
+check "tables, sequence and views owned by vault_owner (21 relations)" upgraded \
+    "SELECT count(*) = 21 AND bool_and(pg_catalog.pg_get_userbyid(relowner) = 'vault_owner')
        FROM pg_catalog.pg_class WHERE relnamespace = 'vault'::pg_catalog.regnamespace AND relkind IN ('r', 'S', 'v')"
-check "SECURITY DEFINER functions owned by vault_owner, the others not" upgraded \
-    "SELECT bool_and((pg_catalog.pg_get_userbyid(proowner) = 'vault_owner') = prosecdef) AND count(*) FILTER (WHERE prosecdef) >= 10
+check "no function is SECURITY DEFINER or owned by vault_owner (they switch after their checks)" upgraded \
+    "SELECT NOT bool_or(prosecdef) AND NOT bool_or(pg_catalog.pg_get_userbyid(proowner) = 'vault_owner')
        FROM pg_catalog.pg_proc WHERE pronamespace = 'vault'::pg_catalog.regnamespace"
 check "vault_reader has no EXECUTE on vault._open_secret" upgraded \
-    "SELECT NOT pg_catalog.has_function_privilege('vault_reader', 'vault._open_secret(text, uuid, int, bytea)', 'EXECUTE')
-        AND NOT pg_catalog.has_function_privilege('vault_admin', 'vault._open_secret(text, uuid, int, bytea)', 'EXECUTE')"
+    "SELECT NOT pg_catalog.has_function_privilege('vault_reader', 'vault._open_secret(text, text, uuid, int, bytea)', 'EXECUTE')
+        AND NOT pg_catalog.has_function_privilege('vault_admin', 'vault._open_secret(text, text, uuid, int, bytea)', 'EXECUTE')"
 check "vault_owner is NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION NOINHERIT, no members" upgraded \
     "SELECT NOT (rolcanlogin OR rolsuper OR rolbypassrls OR rolcreaterole OR rolcreatedb OR rolreplication OR rolinherit)
         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.roleid = r.oid)

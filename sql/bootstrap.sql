@@ -159,24 +159,6 @@ SELECT pg_catalog.pg_extension_config_dump('vault.key_groups', '');
 SELECT pg_catalog.pg_extension_config_dump('vault.ring_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('vault.change_seq', '');
 
-CREATE VIEW vault.groups AS
-SELECT g.name,
-       g.purpose,
-       (SELECT max(k.version) FROM vault.ring_keys k
-         WHERE k.group_id = g.id AND k.retired_at IS NULL
-           AND k.activates_at <= pg_catalog.clock_timestamp())       AS current_version,
-       (SELECT count(*)::int FROM vault.ring_keys k
-         WHERE k.group_id = g.id AND k.retired_at IS NULL)            AS versions,
-       g.last_version                                                AS latest_version,
-       g.next_rotation_at,
-       g.kms_key,
-       g.rotation_interval,
-       g.propagation_delay,
-       g.ring_size,
-       g.key_bytes,
-       g.created_at,
-       g.last_rotated_at
-  FROM vault.key_groups g;
 
 -- Re-wrap progress per KMS key, written by the workers (not dumped: it
 -- describes this server's passes).
@@ -208,21 +190,6 @@ SELECT k.name AS kms_key,
   FROM vault.kms_keys k
   LEFT JOIN vault.rewrap_state s ON s.kms_key = k.name;
 
--- Metadata of every version of every group: never key bytes.
-CREATE VIEW vault.group_versions AS
-SELECT g.name AS group_name,
-       k.version,
-       CASE WHEN k.retired_at IS NOT NULL THEN 'retired'
-            WHEN k.activates_at > pg_catalog.clock_timestamp() THEN 'pending'
-            WHEN k.version = gv.current_version THEN 'current'
-            ELSE 'previous' END AS state,
-       k.created_at,
-       k.activates_at,
-       k.retired_at,
-       k.kms_key_id
-  FROM vault.key_groups g
-  JOIN vault.groups gv ON gv.name = g.name
-  JOIN vault.ring_keys k ON k.group_id = g.id;
 
 -- Secrets: named values stored as versions, each sealed under a ring key of
 -- an 'encrypt' group and bound to (secret id, version).
@@ -272,22 +239,84 @@ CREATE TABLE vault.secret_values (
 SELECT pg_catalog.pg_extension_config_dump('vault.secret_store', '');
 SELECT pg_catalog.pg_extension_config_dump('vault.secret_values', '');
 
--- Metadata only, never values.
-CREATE VIEW vault.secrets AS
-SELECT s.id,
-       s.name,
-       s.description,
-       s.kind,
-       g.name AS key_group,
-       s.current_version,
-       s.rotation_interval,
-       s.grace_period,
-       s.generator,
-       s.created_at,
-       s.updated_at,
-       s.next_rotation_at
-  FROM vault.secret_store s
-  JOIN vault.key_groups g ON g.id = s.key_group_id;
+
+-- Access rules (docs/access.md): privileges of roles on name patterns.
+-- Roles are kept by name, as pg_hba.conf and a dump's GRANTs are, so rules
+-- survive a dump into another cluster; a rule whose role does not exist
+-- gives nothing. Every installation starts with default rules (the reader
+-- and admin roles on '**'); they are not rows here but in the view below,
+-- less those revoked (vault.access_defaults_revoked), so that a dump
+-- restored into a new CREATE EXTENSION neither duplicates them nor brings
+-- back a default an administrator removed.
+CREATE TABLE vault.access_grants (
+    role        text NOT NULL CHECK (length(role) BETWEEN 1 AND 63),
+    privilege   text NOT NULL CHECK (privilege IN ('read', 'verify', 'encrypt', 'decrypt', 'write', 'rotate')),
+    pattern     text NOT NULL CHECK (length(pattern) BETWEEN 1 AND 255),
+    granted_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    change_seq  bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass),
+    PRIMARY KEY (role, privilege, pattern)
+);
+CREATE TABLE vault.access_defaults_revoked (
+    role        text NOT NULL,
+    privilege   text NOT NULL,
+    revoked_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    change_seq  bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass),
+    PRIMARY KEY (role, privilege)
+);
+-- Client addresses a role may use the vault from; no row: anywhere.
+CREATE TABLE vault.allowed_addresses (
+    role        text PRIMARY KEY CHECK (length(role) BETWEEN 1 AND 63),
+    addresses   cidr[] NOT NULL,
+    change_seq  bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
+);
+CREATE VIEW vault.access_rules AS
+SELECT g.role, g.privilege, g.pattern
+  FROM vault.access_grants g
+UNION
+SELECT d.role, d.privilege, '**'
+  FROM (VALUES ('vault_reader', 'read'), ('vault_reader', 'verify'), ('vault_reader', 'encrypt'),
+               ('vault_reader', 'decrypt'),
+               ('vault_admin', 'read'), ('vault_admin', 'verify'), ('vault_admin', 'encrypt'),
+               ('vault_admin', 'decrypt'), ('vault_admin', 'write'), ('vault_admin', 'rotate')) d (role, privilege)
+ WHERE NOT EXISTS (SELECT 1 FROM vault.access_defaults_revoked r
+                    WHERE r.role OPERATOR(pg_catalog.=) d.role AND r.privilege OPERATOR(pg_catalog.=) d.privilege);
+
+-- The audit log: written only by the workers, from the shared-memory queue,
+-- each record chained to the one before by a MAC (vault.verify_audit()).
+CREATE TABLE vault.audit_log (
+    id                bigint PRIMARY KEY,
+    at                timestamptz NOT NULL,
+    database          text NOT NULL,
+    role              text NOT NULL,
+    session_role      text NOT NULL,
+    client_addr       inet,
+    application_name  text NOT NULL,
+    action            text NOT NULL,
+    object            text,
+    outcome           text NOT NULL,
+    sqlstate          text,
+    mac               bytea NOT NULL
+);
+CREATE INDEX audit_log_at ON vault.audit_log (at);
+-- The chain's key (wrapped by a KMS key) and its ends; one row.
+CREATE TABLE vault.audit_chain (
+    only_row          boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    kms_key           text NOT NULL REFERENCES vault.kms_keys (name),
+    key_id            text NOT NULL,
+    wrapped_key       bytea NOT NULL,
+    first_id          bigint NOT NULL,
+    anchor            bytea NOT NULL,
+    last_id           bigint NOT NULL,
+    last_mac          bytea NOT NULL,
+    queue_database    bigint NOT NULL DEFAULT 0,
+    queue_generation  bigint NOT NULL DEFAULT 0,
+    queue_seq         bigint NOT NULL DEFAULT 0
+);
+SELECT pg_catalog.pg_extension_config_dump('vault.access_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.access_defaults_revoked', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.allowed_addresses', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.audit_chain', '');
 
 ALTER TABLE vault.kms_keys OWNER TO vault_owner;
 ALTER TABLE vault.key_groups OWNER TO vault_owner;
@@ -297,6 +326,9 @@ ALTER VIEW vault.rewrap_status OWNER TO vault_owner;
 ALTER TABLE vault.secret_store OWNER TO vault_owner;
 ALTER TABLE vault.secret_values OWNER TO vault_owner;
 ALTER SEQUENCE vault.change_seq OWNER TO vault_owner;
-ALTER VIEW vault.groups OWNER TO vault_owner;
-ALTER VIEW vault.group_versions OWNER TO vault_owner;
-ALTER VIEW vault.secrets OWNER TO vault_owner;
+ALTER TABLE vault.access_grants OWNER TO vault_owner;
+ALTER TABLE vault.access_defaults_revoked OWNER TO vault_owner;
+ALTER TABLE vault.allowed_addresses OWNER TO vault_owner;
+ALTER VIEW vault.access_rules OWNER TO vault_owner;
+ALTER TABLE vault.audit_log OWNER TO vault_owner;
+ALTER TABLE vault.audit_chain OWNER TO vault_owner;

@@ -1,18 +1,80 @@
+-- The metadata views show only names the caller holds some privilege on
+-- (vault._visible: always true for superusers and the extension itself).
+-- security_barrier: a caller's own function in a WHERE clause never sees
+-- the rows the filter hides.
+CREATE VIEW vault.groups WITH (security_barrier) AS
+SELECT g.name,
+       g.purpose,
+       (SELECT max(k.version) FROM vault.ring_keys k
+         WHERE k.group_id = g.id AND k.retired_at IS NULL
+           AND k.activates_at <= pg_catalog.clock_timestamp())       AS current_version,
+       (SELECT count(*)::int FROM vault.ring_keys k
+         WHERE k.group_id = g.id AND k.retired_at IS NULL)            AS versions,
+       g.last_version                                                AS latest_version,
+       g.next_rotation_at,
+       g.kms_key,
+       g.rotation_interval,
+       g.propagation_delay,
+       g.ring_size,
+       g.key_bytes,
+       g.created_at,
+       g.last_rotated_at
+  FROM vault.key_groups g
+ WHERE vault._visible(g.name);
+ALTER VIEW vault.groups OWNER TO vault_owner;
+
+-- Metadata of every version of every group: never key bytes.
+CREATE VIEW vault.group_versions WITH (security_barrier) AS
+SELECT g.name AS group_name,
+       k.version,
+       CASE WHEN k.retired_at IS NOT NULL THEN 'retired'
+            WHEN k.activates_at > pg_catalog.clock_timestamp() THEN 'pending'
+            WHEN k.version = gv.current_version THEN 'current'
+            ELSE 'previous' END AS state,
+       k.created_at,
+       k.activates_at,
+       k.retired_at,
+       k.kms_key_id
+  FROM vault.key_groups g
+  JOIN vault.groups gv ON gv.name = g.name
+  JOIN vault.ring_keys k ON k.group_id = g.id;
+ALTER VIEW vault.group_versions OWNER TO vault_owner;
+
+-- Metadata only, never values.
+CREATE VIEW vault.secrets WITH (security_barrier) AS
+SELECT s.id,
+       s.name,
+       s.description,
+       s.kind,
+       g.name AS key_group,
+       s.current_version,
+       s.rotation_interval,
+       s.grace_period,
+       s.generator,
+       s.created_at,
+       s.updated_at,
+       s.next_rotation_at
+  FROM vault.secret_store s
+  JOIN vault.key_groups g ON g.id = s.key_group_id
+ WHERE vault._visible(s.name);
+ALTER VIEW vault.secrets OWNER TO vault_owner;
+
 -- The views over functions (they can only be made once the functions exist).
 -- Current values. Granted to no one: to let a role list every value,
 -- GRANT SELECT on it and EXECUTE on vault._open_secret (which refuses any
--- caller without SELECT on this view).
-CREATE VIEW vault.decrypted_secrets AS
+-- caller without SELECT on this view). Rows are those the caller may read.
+CREATE VIEW vault.decrypted_secrets WITH (security_barrier) AS
 SELECT s.id,
        s.name,
        s.description,
        s.kind,
        s.current_version AS version,
-       vault._open_secret(g.name, s.id, s.current_version, s.current_ciphertext) AS value,
+       vault._open_secret(s.name, g.name, s.id, s.current_version, s.current_ciphertext) AS value,
        s.created_at,
        s.updated_at
   FROM vault.secret_store s
-  JOIN vault.key_groups g ON g.id = s.key_group_id;
+  JOIN vault.key_groups g ON g.id = s.key_group_id
+ WHERE vault._may('read', s.name);
 ALTER VIEW vault.decrypted_secrets OWNER TO vault_owner;
 
 -- Per-database workers, for operators.
@@ -37,6 +99,11 @@ SELECT d.datname AS database,
   FROM vault.worker_item_failures() f
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) f.database;
 ALTER VIEW vault.worker_failures OWNER TO vault_owner;
+
+-- Locked (role, client address) pairs of the server, for operators.
+CREATE VIEW vault.lockouts AS
+SELECT role, client_addr::pg_catalog.inet AS client_addr, failures, locked_until FROM vault._lockouts();
+ALTER VIEW vault.lockouts OWNER TO vault_owner;
 
 -- Grants the extension did not make (default privileges of the installing
 -- role, ALTER DEFAULT PRIVILEGES ... GRANT ... TO someone) are taken back
@@ -137,3 +204,12 @@ BEGIN
     END LOOP;
 END
 $owners$;
+
+-- Access rules: the checks are open to every vault role (they answer only
+-- for the caller); rules and allowlists are set by superusers only (not
+-- granted: the functions check); vault_admin reads them, the audit log
+-- and the lockouts, and lifts lockouts.
+GRANT EXECUTE ON FUNCTION vault._visible(text), vault._may(text, text) TO vault_reader, vault_admin;
+GRANT SELECT ON vault.access_rules, vault.allowed_addresses, vault.audit_log, vault.lockouts TO vault_admin;
+GRANT EXECUTE ON FUNCTION vault._lockouts(), vault.unlock(regrole, inet), vault._unlock(oid, text),
+    vault.verify_audit() TO vault_admin;

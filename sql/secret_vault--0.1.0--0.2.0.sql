@@ -30,7 +30,16 @@
 --  * re-wrap: vault.rewrap(kms_key) and view vault.rewrap_status for
 --    vault_admin, vault.move_group(group, kms_key) for superusers; table
 --    vault.rewrap_state;
---  * vault.stats() gains kms_calls_local, kms_calls_aws, kms_calls_transit.
+--  * vault.stats() gains kms_calls_local, kms_calls_aws, kms_calls_transit;
+--  * access rules: vault.grant_access / vault.revoke_access and view
+--    vault.access_rules (the default rules, vault_reader and vault_admin on
+--    '**', keep 0.1.0's behaviour), vault.set_allowed_addresses, lockouts
+--    (view vault.lockouts, vault.unlock), the audit log (vault.audit_log,
+--    vault.audit_chain, vault.verify_audit()); the views vault.groups,
+--    vault.group_versions, vault.secrets and vault.decrypted_secrets show
+--    only what the caller may see, and vault._open_secret takes the
+--    secret's name; the functions that were SECURITY DEFINER are SECURITY
+--    INVOKER (they switch to vault_owner themselves, after their checks).
 -- The generated definitions of every other function are unchanged from
 -- 0.1.0. Values need no rewrite: 0.2.0 reads 0.1.0 ciphertexts (secret
 -- values in format 0x01, ring keys with binding 1) and writes new ones in
@@ -243,7 +252,7 @@ CREATE FUNCTION vault."destroy"(
 	"group_name" TEXT, /* & str */
 	"below_version" INT /* i32 */
 ) RETURNS bigint /* i64 */
-STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'destroy_wrapper';
@@ -281,7 +290,7 @@ AS 'MODULE_PATHNAME', 'drop_kms_key_wrapper';
 CREATE FUNCTION vault."rewrap"(
 	"kms_key" TEXT DEFAULT NULL /* core::option::Option<&str> */
 ) RETURNS bigint /* i64 */
-VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rewrap_wrapper';
@@ -336,6 +345,248 @@ GRANT EXECUTE ON FUNCTION vault.stats() TO vault_admin;
 ALTER VIEW vault.decrypted_secrets OWNER TO vault_owner;
 REVOKE EXECUTE ON FUNCTION vault._open_secret(text, uuid, int, bytea) FROM vault_reader;
 
+-- ---- access rules, allowlists, lockouts, audit log -----------------------------
+-- Access rules (docs/access.md): privileges of roles on name patterns.
+-- Roles are kept by name, as pg_hba.conf and a dump's GRANTs are, so rules
+-- survive a dump into another cluster; a rule whose role does not exist
+-- gives nothing. Every installation starts with default rules (the reader
+-- and admin roles on '**'); they are not rows here but in the view below,
+-- less those revoked (vault.access_defaults_revoked), so that a dump
+-- restored into a new CREATE EXTENSION neither duplicates them nor brings
+-- back a default an administrator removed.
+CREATE TABLE vault.access_grants (
+    role        text NOT NULL CHECK (length(role) BETWEEN 1 AND 63),
+    privilege   text NOT NULL CHECK (privilege IN ('read', 'verify', 'encrypt', 'decrypt', 'write', 'rotate')),
+    pattern     text NOT NULL CHECK (length(pattern) BETWEEN 1 AND 255),
+    granted_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    change_seq  bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass),
+    PRIMARY KEY (role, privilege, pattern)
+);
+CREATE TABLE vault.access_defaults_revoked (
+    role        text NOT NULL,
+    privilege   text NOT NULL,
+    revoked_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    change_seq  bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass),
+    PRIMARY KEY (role, privilege)
+);
+-- Client addresses a role may use the vault from; no row: anywhere.
+CREATE TABLE vault.allowed_addresses (
+    role        text PRIMARY KEY CHECK (length(role) BETWEEN 1 AND 63),
+    addresses   cidr[] NOT NULL,
+    change_seq  bigint NOT NULL DEFAULT pg_catalog.nextval('vault.change_seq'::pg_catalog.regclass)
+);
+CREATE VIEW vault.access_rules AS
+SELECT g.role, g.privilege, g.pattern
+  FROM vault.access_grants g
+UNION
+SELECT d.role, d.privilege, '**'
+  FROM (VALUES ('vault_reader', 'read'), ('vault_reader', 'verify'), ('vault_reader', 'encrypt'),
+               ('vault_reader', 'decrypt'),
+               ('vault_admin', 'read'), ('vault_admin', 'verify'), ('vault_admin', 'encrypt'),
+               ('vault_admin', 'decrypt'), ('vault_admin', 'write'), ('vault_admin', 'rotate')) d (role, privilege)
+ WHERE NOT EXISTS (SELECT 1 FROM vault.access_defaults_revoked r
+                    WHERE r.role OPERATOR(pg_catalog.=) d.role AND r.privilege OPERATOR(pg_catalog.=) d.privilege);
+
+-- The audit log: written only by the workers, from the shared-memory queue,
+-- each record chained to the one before by a MAC (vault.verify_audit()).
+CREATE TABLE vault.audit_log (
+    id                bigint PRIMARY KEY,
+    at                timestamptz NOT NULL,
+    database          text NOT NULL,
+    role              text NOT NULL,
+    session_role      text NOT NULL,
+    client_addr       inet,
+    application_name  text NOT NULL,
+    action            text NOT NULL,
+    object            text,
+    outcome           text NOT NULL,
+    sqlstate          text,
+    mac               bytea NOT NULL
+);
+CREATE INDEX audit_log_at ON vault.audit_log (at);
+-- The chain's key (wrapped by a KMS key) and its ends; one row.
+CREATE TABLE vault.audit_chain (
+    only_row          boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    kms_key           text NOT NULL REFERENCES vault.kms_keys (name),
+    key_id            text NOT NULL,
+    wrapped_key       bytea NOT NULL,
+    first_id          bigint NOT NULL,
+    anchor            bytea NOT NULL,
+    last_id           bigint NOT NULL,
+    last_mac          bytea NOT NULL,
+    queue_database    bigint NOT NULL DEFAULT 0,
+    queue_generation  bigint NOT NULL DEFAULT 0,
+    queue_seq         bigint NOT NULL DEFAULT 0
+);
+SELECT pg_catalog.pg_extension_config_dump('vault.access_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.access_defaults_revoked', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.allowed_addresses', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('vault.audit_chain', '');
+
+ALTER TABLE vault.access_grants OWNER TO vault_owner;
+ALTER TABLE vault.access_defaults_revoked OWNER TO vault_owner;
+ALTER TABLE vault.allowed_addresses OWNER TO vault_owner;
+ALTER VIEW vault.access_rules OWNER TO vault_owner;
+ALTER TABLE vault.audit_log OWNER TO vault_owner;
+ALTER TABLE vault.audit_chain OWNER TO vault_owner;
+
+-- The functions that were SECURITY DEFINER now run as their caller, so that
+-- access rules and the audit log see who called; each switches to
+-- vault_owner itself after its checks.
+ALTER FUNCTION vault.create_group(text, text, interval, interval, int, int, text) SECURITY INVOKER;
+ALTER FUNCTION vault.rotate(text) SECURITY INVOKER;
+ALTER FUNCTION vault.retire(text, int) SECURITY INVOKER;
+ALTER FUNCTION vault.drop_group(text) SECURITY INVOKER;
+ALTER FUNCTION vault.create_secret(text, text, text, text) SECURITY INVOKER;
+ALTER FUNCTION vault.create_rotating_secret(text, interval, interval, text, text, text) SECURITY INVOKER;
+ALTER FUNCTION vault.update_secret(text, text) SECURITY INVOKER;
+ALTER FUNCTION vault.rotate_secret(text) SECURITY INVOKER;
+ALTER FUNCTION vault.delete_secret(text) SECURITY INVOKER;
+ALTER FUNCTION vault.secret_versions(text) SECURITY INVOKER;
+
+-- Generated from src/access/sql.rs and src/audit/writer.rs.
+CREATE FUNCTION vault."_may"(
+	"privilege" TEXT, /* & str */
+	"name" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'may_sql_wrapper';
+CREATE FUNCTION vault."_visible"(
+	"name" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'visible_sql_wrapper';
+CREATE FUNCTION vault.grant_access("role" regrole, privileges text[], pattern text) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'grant_access_wrapper';
+CREATE FUNCTION vault.revoke_access("role" regrole, privileges text[], pattern text) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'revoke_access_wrapper';
+CREATE FUNCTION vault._set_allowed_addresses("role" oid, addresses text[]) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'set_allowed_addresses_impl_wrapper';
+CREATE FUNCTION vault.set_allowed_addresses("role" regrole, addresses cidr[]) RETURNS void
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT vault._set_allowed_addresses($1::pg_catalog.oid, $2::pg_catalog.text[]) $$;
+CREATE FUNCTION vault._unlock("role" oid, client_addr text) RETURNS int
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'unlock_impl_wrapper';
+CREATE FUNCTION vault.unlock("role" regrole, client_addr inet DEFAULT NULL) RETURNS int
+LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT vault._unlock($1::pg_catalog.oid, pg_catalog.host($2)) $$;
+CREATE FUNCTION vault._lockouts() RETURNS TABLE ("role" text, client_addr text, failures int, locked_until timestamptz)
+LANGUAGE c STABLE PARALLEL SAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lockouts_impl_wrapper';
+CREATE FUNCTION vault."verify_audit"() RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'verify_audit_wrapper';
+
+-- The views show only names the caller holds a privilege on; the values
+-- view passes the secret's name to vault._open_secret, which checks read.
+DROP VIEW vault.group_versions;
+DROP VIEW vault.groups;
+DROP VIEW vault.secrets;
+DROP VIEW vault.decrypted_secrets;
+DROP FUNCTION vault._open_secret(text, uuid, int, bytea);
+CREATE FUNCTION vault."_open_secret"(
+	"name" TEXT, /* & str */
+	"key_group" TEXT, /* & str */
+	"secret_id" uuid, /* Uuid */
+	"version" INT, /* i32 */
+	"ciphertext" bytea /* & [u8] */
+) RETURNS TEXT /* SecretText */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'open_secret_wrapper';
+-- The metadata views show only names the caller holds some privilege on
+-- (vault._visible: always true for superusers and the extension itself).
+-- security_barrier: a caller's own function in a WHERE clause never sees
+-- the rows the filter hides.
+CREATE VIEW vault.groups WITH (security_barrier) AS
+SELECT g.name,
+       g.purpose,
+       (SELECT max(k.version) FROM vault.ring_keys k
+         WHERE k.group_id = g.id AND k.retired_at IS NULL
+           AND k.activates_at <= pg_catalog.clock_timestamp())       AS current_version,
+       (SELECT count(*)::int FROM vault.ring_keys k
+         WHERE k.group_id = g.id AND k.retired_at IS NULL)            AS versions,
+       g.last_version                                                AS latest_version,
+       g.next_rotation_at,
+       g.kms_key,
+       g.rotation_interval,
+       g.propagation_delay,
+       g.ring_size,
+       g.key_bytes,
+       g.created_at,
+       g.last_rotated_at
+  FROM vault.key_groups g
+ WHERE vault._visible(g.name);
+ALTER VIEW vault.groups OWNER TO vault_owner;
+
+-- Metadata of every version of every group: never key bytes.
+CREATE VIEW vault.group_versions WITH (security_barrier) AS
+SELECT g.name AS group_name,
+       k.version,
+       CASE WHEN k.retired_at IS NOT NULL THEN 'retired'
+            WHEN k.activates_at > pg_catalog.clock_timestamp() THEN 'pending'
+            WHEN k.version = gv.current_version THEN 'current'
+            ELSE 'previous' END AS state,
+       k.created_at,
+       k.activates_at,
+       k.retired_at,
+       k.kms_key_id
+  FROM vault.key_groups g
+  JOIN vault.groups gv ON gv.name = g.name
+  JOIN vault.ring_keys k ON k.group_id = g.id;
+ALTER VIEW vault.group_versions OWNER TO vault_owner;
+
+-- Metadata only, never values.
+CREATE VIEW vault.secrets WITH (security_barrier) AS
+SELECT s.id,
+       s.name,
+       s.description,
+       s.kind,
+       g.name AS key_group,
+       s.current_version,
+       s.rotation_interval,
+       s.grace_period,
+       s.generator,
+       s.created_at,
+       s.updated_at,
+       s.next_rotation_at
+  FROM vault.secret_store s
+  JOIN vault.key_groups g ON g.id = s.key_group_id
+ WHERE vault._visible(s.name);
+ALTER VIEW vault.secrets OWNER TO vault_owner;
+
+-- The views over functions (they can only be made once the functions exist).
+-- Current values. Granted to no one: to let a role list every value,
+-- GRANT SELECT on it and EXECUTE on vault._open_secret (which refuses any
+-- caller without SELECT on this view). Rows are those the caller may read.
+CREATE VIEW vault.decrypted_secrets WITH (security_barrier) AS
+SELECT s.id,
+       s.name,
+       s.description,
+       s.kind,
+       s.current_version AS version,
+       vault._open_secret(s.name, g.name, s.id, s.current_version, s.current_ciphertext) AS value,
+       s.created_at,
+       s.updated_at
+  FROM vault.secret_store s
+  JOIN vault.key_groups g ON g.id = s.key_group_id
+ WHERE vault._may('read', s.name);
+ALTER VIEW vault.decrypted_secrets OWNER TO vault_owner;
+
+-- Locked (role, client address) pairs of the server, for operators.
+CREATE VIEW vault.lockouts AS
+SELECT role, client_addr::pg_catalog.inet AS client_addr, failures, locked_until FROM vault._lockouts();
+ALTER VIEW vault.lockouts OWNER TO vault_owner;
+
 -- Nothing in the vault is reachable by PUBLIC (the new function included).
 -- Also records the privileges of the objects that changed owner above as
 -- the extension's initial privileges, as CREATE EXTENSION does.
@@ -376,6 +627,16 @@ REVOKE ALL ON FUNCTION vault.destroy(text, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vault.destroy(text, int) TO vault_admin;
 REVOKE ALL ON FUNCTION vault.rewrap(text), vault.move_group(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vault.rewrap(text) TO vault_admin;
+
+-- Access rules: the checks are open to every vault role (they answer only
+-- for the caller); rules and allowlists are set by superusers only (not
+-- granted: the functions check); vault_admin reads them, the audit log
+-- and the lockouts, and lifts lockouts.
+GRANT EXECUTE ON FUNCTION vault._visible(text), vault._may(text, text) TO vault_reader, vault_admin;
+GRANT SELECT ON vault.access_rules, vault.allowed_addresses, vault.audit_log, vault.lockouts TO vault_admin;
+GRANT EXECUTE ON FUNCTION vault._lockouts(), vault.unlock(regrole, inet), vault._unlock(oid, text),
+    vault.verify_audit() TO vault_admin;
+GRANT SELECT ON vault.groups, vault.group_versions, vault.secrets TO vault_reader, vault_admin;
 
 -- SECURITY DEFINER functions run as vault_owner, never as the superuser who
 -- ran CREATE EXTENSION.

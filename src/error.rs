@@ -40,6 +40,15 @@ pub enum VaultError {
     /// An input too large to process within PostgreSQL's allocation limit.
     TooLarge { what: String, len: usize, limit: usize },
     PermissionDenied(&'static str),
+    /// No access rule gives the current role this privilege on the name
+    /// (never echoed), or the role may not act from the client's address.
+    AccessDenied { role: String, privilege: &'static str, address: bool },
+    /// The (role, client address) pair failed too often and is locked.
+    LockedOut { role: String, seconds: i64 },
+    /// The audit queue stayed full: the action is refused, not left unrecorded.
+    AuditQueueFull,
+    /// A name the extension keeps for itself (the audit log's key group).
+    Reserved(&'static str),
     NotInstalled,
     SchemaVersion { installed: String, library: &'static str },
     /// A PostgreSQL error caught where a process must survive it (the worker).
@@ -72,8 +81,17 @@ impl From<pgrx::spi::SpiError> for VaultError {
 
 impl VaultError {
     fn into_report(self) -> ErrorReport {
+        let (code, message, hint) = self.parts();
+        let report = ErrorReport::new(code, message, "secret_vault");
+        match hint {
+            Some(h) => report.set_hint(h),
+            None => report,
+        }
+    }
+
+    fn parts(self) -> (PgSqlErrorCode, String, Option<String>) {
         use PgSqlErrorCode::*;
-        let (code, message, hint): (PgSqlErrorCode, String, Option<String>) = match self {
+        match self {
             VaultError::NullArgument(arg) => {
                 (ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{arg} must not be NULL"), None)
             }
@@ -207,6 +225,31 @@ impl VaultError {
             VaultError::PermissionDenied(what) => {
                 (ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for {what}"), None)
             }
+            VaultError::AccessDenied { role, privilege, address: false } => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("permission denied: no access rule lets role \"{role}\" {privilege} this object"),
+                Some(format!("{UNECHOED} Rules are listed in vault.access_rules; a superuser grants them with vault.grant_access.")),
+            ),
+            VaultError::AccessDenied { role, address: true, .. } => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("permission denied: role \"{role}\" may not use the vault from this client address"),
+                Some("The role's allowed addresses are set with vault.set_allowed_addresses (see docs/access.md).".into()),
+            ),
+            VaultError::LockedOut { role, seconds } => (
+                ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("role \"{role}\" is locked out of the vault from this client address for {seconds} more second(s) after repeated failures"),
+                Some("Locked pairs are listed in vault.lockouts; an administrator can lift one with vault.unlock.".into()),
+            ),
+            VaultError::AuditQueueFull => (
+                ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                "the audit queue is full: the action was refused rather than left unrecorded".into(),
+                Some("The database's vault worker drains the queue into vault.audit_log: check vault.workers, or raise secret_vault.audit_queue_size.".into()),
+            ),
+            VaultError::Reserved(what) => (
+                ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("{what} is reserved for the extension"),
+                None,
+            ),
             VaultError::NotInstalled => (
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "extension secret_vault is not installed in this database".into(),
@@ -219,17 +262,31 @@ impl VaultError {
             ),
             VaultError::Postgres { code, message } => (code, message, None),
             VaultError::Internal(m) => (ERRCODE_INTERNAL_ERROR, m, None),
-        };
-        let report = ErrorReport::new(code, message, "secret_vault");
-        match hint {
-            Some(h) => report.set_hint(h),
-            None => report,
         }
     }
 
     /// The message a client would see, for logs and `vault.stats()`.
     pub fn message(self) -> String {
         self.into_report().message().to_string()
+    }
+
+    /// Raises this error, after handing its SQLSTATE to `record` (the
+    /// audit log notes how a call failed before the error unwinds it).
+    pub fn raise_recorded(self, record: impl FnOnce(&str)) -> ! {
+        let interrupted =
+            matches!(self, VaultError::Kms(KmsError::Interrupted) | VaultError::KmsCall { error: KmsError::Interrupted, .. });
+        let (code, message, hint) = self.parts();
+        record(&sqlstate(code));
+        if interrupted {
+            pgrx::check_for_interrupts!();
+        }
+        let report = ErrorReport::new(code, message, "secret_vault");
+        match hint {
+            Some(h) => report.set_hint(h),
+            None => report,
+        }
+        .report(PgLogLevel::ERROR);
+        unreachable!("ERROR reports do not return")
     }
 
     /// Raises this error as a PostgreSQL ERROR; never returns.
@@ -243,6 +300,13 @@ impl VaultError {
         self.into_report().report(PgLogLevel::ERROR);
         unreachable!("ERROR reports do not return")
     }
+}
+
+/// The five-character SQLSTATE of a code (PostgreSQL packs them six bits a
+/// character).
+pub fn sqlstate(code: PgSqlErrorCode) -> String {
+    let v = code as i32;
+    (0..5).map(|i| (((v >> (6 * i)) & 0x3f) as u8 + b'0') as char).collect()
 }
 
 /// SQLSTATE and hint of a KMS failure: what the caller (or operator) can do.

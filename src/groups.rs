@@ -1,6 +1,8 @@
 //! The key-group SQL API (DESIGN.md, "Key groups"). Each function states its
-//! volatility, strictness and parallel safety; all are SECURITY DEFINER with
-//! a pinned search_path, and reachable only through the vault_* roles.
+//! volatility, strictness and parallel safety; all are SECURITY INVOKER with
+//! a pinned search_path, reachable only through the vault_* roles, check the
+//! caller's access rules and are recorded in the audit log, then run as the
+//! tables' owner (`access::write`).
 
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -9,7 +11,8 @@ use secret_vault_core::policy::{self, GroupSettings, Purpose, Span};
 
 use crate::catalog::{self, NewGroup};
 use crate::error::{require_writable, required, OrRaise, VaultError, VaultResult};
-use crate::{coherence, identity, kms};
+use crate::{access, coherence, identity, kms};
+use secret_vault_core::access::Privilege;
 
 /// How often a rotation retries after losing a race for the next version.
 const ROTATE_ATTEMPTS: usize = 8;
@@ -107,7 +110,7 @@ pub(crate) fn create_group_in(client: &mut SpiClient<'_>, name: &str, purpose: P
 }
 
 /// Creates a key group with version 1 active at once.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::too_many_arguments)]
 fn create_group(
@@ -119,8 +122,10 @@ fn create_group(
     key_bytes: default!(Option<i32>, 32),
     kms_key: default!(Option<&str>, "NULL"),
 ) {
-    create_group_impl(name, purpose, rotation_interval, propagation_delay, ring_size, key_bytes, kms_key)
-        .or_raise()
+    let name = required(name, "name").or_raise();
+    access::write("create_group", Privilege::Write, name, || {
+        create_group_impl(Some(name), purpose, rotation_interval, propagation_delay, ring_size, key_bytes, kms_key)
+    })
 }
 
 /// Writes version n+1 as pending. The KMS call happens before the version
@@ -153,20 +158,22 @@ pub(crate) fn rotate_impl(
 }
 
 /// Rotates a group now; returns the new (pending) version.
-#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate(group_name: &str) -> i32 {
-    require_writable("rotate a key group").or_raise();
-    Spi::connect_mut(|client| rotate_impl(client, group_name, None))
-        .and_then(|v| v.ok_or_else(|| VaultError::RotationContention(group_name.to_string())))
-        .or_raise()
+    access::write("rotate", Privilege::Rotate, group_name, || {
+        require_writable("rotate a key group")?;
+        Spi::connect_mut(|client| rotate_impl(client, group_name, None))
+            .and_then(|v| v.ok_or_else(|| VaultError::RotationContention(group_name.to_string())))
+    })
 }
 
 /// Retires every version below `below_version`; the current one is kept.
-#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn retire(group_name: &str, below_version: i32) {
-    require_writable("retire key versions").or_raise();
+    access::write("retire", Privilege::Write, group_name, || {
+    require_writable("retire key versions")?;
     Spi::connect_mut(|client| -> VaultResult<()> {
         let group = catalog::group(client, group_name)?;
         let current = catalog::current_key_row(client, &group, catalog::clock())?;
@@ -175,17 +182,18 @@ fn retire(group_name: &str, below_version: i32) {
         coherence::note_change(group_name, Some(identity::current()?.cache_key(group.id)), false);
         Ok(())
     })
-    .or_raise()
+    })
 }
 
 /// Deletes the wrapped keys of retired versions below `below_version` for
 /// good; returns how many were destroyed. Data still sealed under them can
 /// never be decrypted again, so every version below must be retired first,
 /// and secrets whose stored values use them must be updated or rotated.
-#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn destroy(group_name: &str, below_version: i32) -> i64 {
-    require_writable("destroy key versions").or_raise();
+    access::write("destroy", Privilege::Write, group_name, || {
+    require_writable("destroy key versions")?;
     Spi::connect_mut(|client| -> VaultResult<i64> {
         let group = catalog::group(client, group_name)?;
         // Waits for every transaction sealing a secret under the group.
@@ -215,14 +223,15 @@ fn destroy(group_name: &str, below_version: i32) -> i64 {
         }
         Ok(n)
     })
-    .or_raise()
+    })
 }
 
 /// Drops a group and erases its wrapped keys.
-#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn drop_group(group_name: &str) {
-    require_writable("drop a key group").or_raise();
+    access::write("drop_group", Privilege::Write, group_name, || {
+    require_writable("drop a key group")?;
     Spi::connect_mut(|client| -> VaultResult<()> {
         let group = catalog::group(client, group_name)?;
         // Wait for every transaction sealing a secret under this group (they
@@ -240,5 +249,5 @@ fn drop_group(group_name: &str) {
             Err(VaultError::GroupNotFound)
         }
     })
-    .or_raise()
+    })
 }

@@ -51,6 +51,43 @@ pub static KMS_RETRY_BUDGET_MS: GucSetting<i32> = GucSetting::<i32>::new(10000);
 pub static REWRAP_RATE: GucSetting<i32> = GucSetting::<i32>::new(20);
 pub static REWRAP_CHECK_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 
+/// Access control (docs/access.md).
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LocalConnections {
+    /// A Unix-socket connection counts as one from 127.0.0.1 and ::1.
+    #[name = c"loopback"]
+    Loopback,
+    /// A Unix-socket connection passes every allowlist.
+    #[name = c"allow"]
+    Allow,
+    /// A Unix-socket connection matches no allowlist.
+    #[name = c"deny"]
+    Deny,
+}
+pub static LOCAL_CONNECTIONS: GucSetting<LocalConnections> = GucSetting::<LocalConnections>::new(LocalConnections::Loopback);
+/// Failures (failed verifications, denied calls) per (role, client address)
+/// within the window that lock the pair; 0 disables lockout.
+pub static LOCKOUT_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static LOCKOUT_WINDOW_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static LOCKOUT_DURATION_S: GucSetting<i32> = GucSetting::<i32>::new(900);
+
+/// Audit log: whether reads are recorded too, the queue's size (server
+/// start), what happens when it stays full, and how long records are kept.
+pub static AUDIT_READS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(4096);
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AuditWhenFull {
+    /// Refuse the audited action (after waiting for the worker a moment).
+    #[name = c"refuse"]
+    Refuse,
+    /// Write the record to the server log instead and go on.
+    #[name = c"log"]
+    Log,
+}
+pub static AUDIT_WHEN_FULL: GucSetting<AuditWhenFull> = GucSetting::<AuditWhenFull>::new(AuditWhenFull::Refuse);
+/// Records older than this are deleted by the worker; 0 keeps them all.
+pub static AUDIT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// File name of the embedded default master key, relative to the data directory.
 pub const DEFAULT_LOCAL_KEY_FILE: &str = "secret_vault_master.key";
 
@@ -206,6 +243,80 @@ pub fn init() {
         86_400_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_enum_guc(
+        c"secret_vault.local_connections",
+        c"How Unix-socket connections count against allowed client addresses: loopback, allow or deny.",
+        c"loopback: as a connection from 127.0.0.1 and ::1. Background workers with no client count the same way.",
+        &LOCAL_CONNECTIONS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.lockout_threshold",
+        c"Failures per role and client address within secret_vault.lockout_window that lock the pair; 0 disables lockout.",
+        c"Failures are failed vault.verify_secret calls and denied accesses.",
+        &LOCKOUT_THRESHOLD,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.lockout_window",
+        c"Window in which failures are counted toward a lockout.",
+        c"",
+        &LOCKOUT_WINDOW_S,
+        1,
+        86_400 * 30,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.lockout_duration",
+        c"How long a locked role and client address stay locked.",
+        c"",
+        &LOCKOUT_DURATION_S,
+        1,
+        86_400 * 365,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"secret_vault.audit_reads",
+        c"Records every read (current, resolve, encrypt, decrypt, read_secret, verify_secret) in the audit log.",
+        c"Writes, administrative actions, denials and lockouts are always recorded.",
+        &AUDIT_READS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.audit_queue_size",
+        c"Audit records the shared-memory queue holds until a worker writes them to vault.audit_log.",
+        c"",
+        &AUDIT_QUEUE_SIZE,
+        16,
+        1 << 20,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"secret_vault.audit_when_full",
+        c"When the audit queue stays full: refuse the action, or log the record to the server log instead.",
+        c"",
+        &AUDIT_WHEN_FULL,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secret_vault.audit_retention",
+        c"Audit records older than this are deleted by the worker; 0 keeps every record.",
+        c"",
+        &AUDIT_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_enum_guc(
         c"secret_vault.cipher",

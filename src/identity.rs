@@ -198,6 +198,24 @@ pub fn as_owner<R>(f: impl FnOnce(&Identity) -> VaultResult<R>) -> VaultResult<R
     }
 }
 
+/// Runs `f` as the owner of the vault tables in the caller's own snapshot:
+/// the body of a write function. They are SECURITY INVOKER (so access rules
+/// and the audit log see the real caller, also through another SECURITY
+/// DEFINER function) and switch here, after their checks, as a SECURITY
+/// DEFINER function would. PostgreSQL restores the user on error.
+pub fn as_owner_write<R>(f: impl FnOnce(&Identity) -> VaultResult<R>) -> VaultResult<R> {
+    let ident = current()?;
+    unsafe {
+        let mut saved_user = pg_sys::Oid::INVALID;
+        let mut saved_ctx = 0;
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(ident.owner, saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        let r = f(&ident);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+        r
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let ours = CURRENT.with(|c| c.borrow().as_ref().map(|i| i.key_groups_rel));

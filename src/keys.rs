@@ -12,7 +12,9 @@ use pgrx::prelude::*;
 use secret_vault_core::format::{self, Binding};
 use secret_vault_core::policy::Purpose;
 
+use crate::access;
 use crate::error::{OrRaise, VaultError};
+use secret_vault_core::access::Privilege;
 use crate::guc;
 use crate::keyring::{self, Want};
 use secret_vault_core::cache::KeyBuf;
@@ -76,7 +78,7 @@ unsafe fn result_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc 
 pub unsafe extern "C-unwind" fn vault_current(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let name: &str = unsafe { arg(fcinfo, 0) };
     let mut key = KeyBuf::new();
-    let r = keyring::resolve(name, Purpose::Export, "vault.current", Want::Current, &mut key).or_raise();
+    let r = access::read("current", Privilege::Read, name, || keyring::resolve(name, Purpose::Export, "vault.current", Want::Current, &mut key));
     unsafe {
         let td = result_tupdesc(fcinfo);
         let mut values = [pg_sys::Datum::from(r.version), bytea(key.as_slice())];
@@ -93,7 +95,9 @@ pub unsafe extern "C-unwind" fn vault_resolve(fcinfo: pg_sys::FunctionCallInfo) 
     let name: &str = unsafe { arg(fcinfo, 0) };
     let version: i32 = unsafe { arg(fcinfo, 1) };
     let mut key = KeyBuf::new();
-    keyring::resolve(name, Purpose::Export, "vault.resolve", Want::Version(version as i64), &mut key).or_raise();
+    access::read("resolve", Privilege::Read, name, || {
+        keyring::resolve(name, Purpose::Export, "vault.resolve", Want::Version(version as i64), &mut key)
+    });
     bytea(key.as_slice())
 }
 
@@ -113,7 +117,7 @@ pub unsafe extern "C-unwind" fn vault_encrypt(fcinfo: pg_sys::FunctionCallInfo) 
         .filter(|n| *n <= MAX_BYTEA)
         .unwrap_or_else(|| too_large("plaintext", plaintext.len(), MAX_BYTEA - (format::ciphertext_len(alg, 0).unwrap_or(0))));
     let mut key = KeyBuf::new();
-    let r = keyring::resolve(name, Purpose::Encrypt, "vault.encrypt", Want::Current, &mut key).or_raise();
+    let r = access::read("encrypt", Privilege::Encrypt, name, || keyring::resolve(name, Purpose::Encrypt, "vault.encrypt", Want::Current, &mut key));
     unsafe {
         let result = pg_sys::palloc(pg_sys::VARHDRSZ + n) as *mut pg_sys::varlena;
         pgrx::varlena::set_varsize_4b(result, (pg_sys::VARHDRSZ + n) as i32);
@@ -146,8 +150,9 @@ pub unsafe extern "C-unwind" fn vault_decrypt(fcinfo: pg_sys::FunctionCallInfo) 
         VaultError::from(secret_vault_core::CryptoError::WrongDomain).raise();
     }
     let mut key = KeyBuf::new();
-    let r = keyring::resolve(name, Purpose::Encrypt, "vault.decrypt", Want::Version(parsed.key_version as i64), &mut key)
-        .or_raise();
+    let r = access::read("decrypt", Privilege::Decrypt, name, || {
+        keyring::resolve(name, Purpose::Encrypt, "vault.decrypt", Want::Version(parsed.key_version as i64), &mut key)
+    });
     // Open straight into the result bytea: no intermediate plaintext copy.
     let n = format::plaintext_len(&parsed);
     unsafe {

@@ -13,7 +13,7 @@ use secret_vault_core::policy;
 use secret_vault_core::KmsError;
 
 use crate::catalog::column;
-use crate::error::{require_writable, OrRaise, VaultError, VaultResult};
+use crate::error::{require_writable, VaultError, VaultResult};
 use crate::identity;
 use crate::kms::{self, KeySpec};
 
@@ -39,7 +39,7 @@ fn exists(client: &pgrx::spi::SpiClient<'_>, name: &str) -> VaultResult<bool> {
 #[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn add_kms_key(name: &str, provider: &str, config: JsonB) -> String {
-    add_kms_key_impl(name, provider, &config.0).or_raise()
+    crate::audit::write("add_kms_key", Some(name), || add_kms_key_impl(name, provider, &config.0))
 }
 
 fn add_kms_key_impl(name: &str, provider: &str, config: &serde_json::Value) -> VaultResult<String> {
@@ -88,8 +88,9 @@ fn add_kms_key_impl(name: &str, provider: &str, config: &serde_json::Value) -> V
 #[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_default_kms_key(name: &str) {
-    require_writable("change the default KMS key").or_raise();
-    require_superuser("vault.set_default_kms_key (only superusers may change KMS keys)").or_raise();
+    crate::audit::write("set_default_kms_key", Some(name), || {
+    require_writable("change the default KMS key")?;
+    require_superuser("vault.set_default_kms_key (only superusers may change KMS keys)")?;
     Spi::connect_mut(|c| -> VaultResult<()> {
         if !exists(c, name)? {
             return Err(VaultError::KmsKeyNotFound);
@@ -98,7 +99,7 @@ fn set_default_kms_key(name: &str) {
         c.update(&identity::sql("UPDATE vault.kms_keys SET is_default = true WHERE name OPERATOR(pg_catalog.=) $1")?, None, &[name.into()])?;
         Ok(())
     })
-    .or_raise()
+    })
 }
 
 /// Removes a KMS key from the registry; refused while a group uses it, and
@@ -106,8 +107,9 @@ fn set_default_kms_key(name: &str) {
 #[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn drop_kms_key(name: &str) {
-    require_writable("drop a KMS key").or_raise();
-    require_superuser("vault.drop_kms_key (only superusers may change KMS keys)").or_raise();
+    crate::audit::write("drop_kms_key", Some(name), || {
+    require_writable("drop a KMS key")?;
+    require_superuser("vault.drop_kms_key (only superusers may change KMS keys)")?;
     Spi::connect_mut(|c| -> VaultResult<()> {
         let rows = c.update(
             &identity::sql("SELECT is_default FROM vault.kms_keys WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE")?,
@@ -141,5 +143,5 @@ fn drop_kms_key(name: &str) {
         c.update(&identity::sql("DELETE FROM vault.kms_keys WHERE name OPERATOR(pg_catalog.=) $1")?, None, &[name.into()])?;
         Ok(())
     })
-    .or_raise()
+    })
 }

@@ -4,6 +4,8 @@
 
 use pgrx::prelude::*;
 
+mod access;
+mod audit;
 mod catalog;
 mod coherence;
 mod error;
@@ -46,6 +48,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     shmem::init();
     identity::init();
+    access::init();
     hooks::init();
     log_hook::init();
     worker::register();

@@ -188,6 +188,21 @@ thread_local! {
     static INPUTS: RefCell<Inputs> = const { RefCell::new(Inputs::new()) };
 }
 
+thread_local! {
+    static AUDIT_LINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Writes an audit record to the server log (standbys, or a full queue
+/// with `secret_vault.audit_when_full = log`). Its text is built by the
+/// audit module from names and outcomes, never values, and must reach the
+/// log as written: the redaction would otherwise replace the object's name
+/// wherever the statement quotes it. The statement line is still hidden.
+pub fn log_audit(line: &str) {
+    AUDIT_LINE.set(true);
+    pgrx::log!("{line}");
+    AUDIT_LINE.set(false);
+}
+
 /// Installs the hook; called from `_PG_init` in the postmaster, so every
 /// process inherits it.
 pub fn init() {
@@ -474,6 +489,10 @@ unsafe fn replace(cx: pg_sys::MemoryContext, field: &mut *mut c_char, r: &Rewrit
 
 /// Redacts one message in place; see the module comment.
 unsafe fn redact_error(e: &mut pg_sys::ErrorData) {
+    if AUDIT_LINE.get() {
+        e.hide_stmt = true;
+        return;
+    }
     let query = unsafe { text(pg_sys::debug_query_string) };
     let prepared = unsafe { prepared_text(query) };
     if !unsafe { about_the_vault(e, query, prepared) } {

@@ -15,7 +15,7 @@ use secret_vault_core::aad::RingKeyBinding;
 use secret_vault_core::kms::Binding;
 
 use crate::catalog::{self, column, GroupRow, KeyRow, KmsKeyRow};
-use crate::error::{require_writable, OrRaise, VaultError, VaultResult};
+use crate::error::{require_writable, VaultError, VaultResult};
 use crate::{coherence, identity, kms};
 
 /// A row to move and where it goes.
@@ -182,10 +182,10 @@ fn pending(c: &pgrx::spi::SpiClient<'_>, only: Option<&str>) -> VaultResult<i64>
 
 /// Asks the KMS key (or every KMS key in use) for its current material now,
 /// records it, and returns how many rows the worker still has to move.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
-    (|| -> VaultResult<i64> {
+    crate::audit::write("rewrap", kms_key, || identity::as_owner_write(|_| -> VaultResult<i64> {
         require_writable("start a re-wrap")?;
         let keys = identity::as_owner(|_| Spi::connect(|c| keys_in_use(c, kms_key)))?;
         if let (Some(_), true) = (kms_key, keys.is_empty()) {
@@ -213,8 +213,7 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
             Ok(())
         })?;
         Spi::connect(|c| pending(c, kms_key))
-    })()
-    .or_raise()
+    }))
 }
 
 /// Moves a group to another registered KMS key: new versions are wrapped
@@ -227,7 +226,7 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
 #[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn move_group(group_name: &str, kms_key: &str) -> i64 {
-    (|| -> VaultResult<i64> {
+    crate::audit::write("move_group", Some(group_name), || -> VaultResult<i64> {
         require_writable("move a key group")?;
         crate::kms_keys::require_superuser("vault.move_group (only superusers may change which KMS key protects a group)")?;
         Spi::connect_mut(|c| {
@@ -260,6 +259,5 @@ fn move_group(group_name: &str, kms_key: &str) -> i64 {
                 .unwrap_or(0);
             Ok(n)
         })
-    })()
-    .or_raise()
+    })
 }

@@ -358,11 +358,18 @@ pub fn group_in_use(client: &SpiClient<'_>, group_id: &Id) -> VaultResult<bool> 
 /// A fingerprint of all secrets, for the worker to notice changes it did
 /// not make (replay on a standby, a subscriber's apply, a restore). It covers
 /// each secret's id, so a secret deleted and created again under the same
-/// name (a new id, the same version) changes it too.
+/// name (a new id, the same version) changes it too. The access rules and
+/// allowlists count too: backends cache them against the same epoch.
 pub fn fingerprint(client: &SpiClient<'_>) -> VaultResult<(i64, i64, i64)> {
     let rows = select(
         client,
-        "SELECT pg_catalog.count(*), COALESCE(pg_catalog.sum(change_seq), 0)::pg_catalog.int8,
+        "SELECT pg_catalog.count(*) OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM vault.access_grants)
+                    OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM vault.access_defaults_revoked)
+                    OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM vault.allowed_addresses),
+                (COALESCE(pg_catalog.sum(change_seq), 0)
+                    OPERATOR(pg_catalog.+) (SELECT COALESCE(pg_catalog.sum(change_seq), 0) FROM vault.access_grants)
+                    OPERATOR(pg_catalog.+) (SELECT COALESCE(pg_catalog.sum(change_seq), 0) FROM vault.access_defaults_revoked)
+                    OPERATOR(pg_catalog.+) (SELECT COALESCE(pg_catalog.sum(change_seq), 0) FROM vault.allowed_addresses))::pg_catalog.int8,
                 COALESCE(pg_catalog.sum(pg_catalog.hashtextextended(id::pg_catalog.text, current_version)
                                         OPERATOR(pg_catalog.%) 1000000007), 0)::pg_catalog.int8
            FROM vault.secret_store",

@@ -24,7 +24,8 @@ use crate::catalog;
 use crate::error::{require_writable, required, OrRaise, VaultError, VaultResult};
 use crate::keyring::{self, Want};
 use crate::secret_store::{self, NewSecret, SecretRow, ValueRow};
-use crate::{coherence, guc, identity, shmem};
+use crate::{access, audit, coherence, guc, identity, shmem};
+use secret_vault_core::access::Privilege;
 
 /// Name of the encrypt group used when `key_group` is NULL; made on first use.
 pub const DEFAULT_GROUP: &str = "vault/secrets";
@@ -231,7 +232,7 @@ fn create(
 }
 
 /// Stores a secret set by hand; returns its id.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn create_secret(
     name: Option<&str>,
@@ -239,12 +240,20 @@ fn create_secret(
     description: default!(Option<&str>, "NULL"),
     key_group: default!(Option<&str>, "NULL"),
 ) -> Uuid {
-    (|| {
-        let name = required(name, "name")?;
+    let name = required(name, "name").or_raise();
+    sealing_allowed("create_secret", key_group);
+    access::write("create_secret", Privilege::Write, name, || {
         let value = required(value, "value")?;
         create(name, "manual", value, description, key_group, None, None, None)
-    })()
-    .or_raise()
+    })
+}
+
+/// Sealing under a key group named by the caller needs `encrypt` on it
+/// (the default group is the vault's own).
+fn sealing_allowed(action: &'static str, key_group: Option<&str>) {
+    if let Some(g) = key_group {
+        access::check(action, Privilege::Encrypt, g).or_raise();
+    }
 }
 
 fn span(iv: &Interval) -> Span {
@@ -252,7 +261,7 @@ fn span(iv: &Interval) -> Span {
 }
 
 /// Stores a secret whose values are generated and rotated on a schedule.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn create_rotating_secret(
     name: Option<&str>,
@@ -262,8 +271,9 @@ fn create_rotating_secret(
     description: default!(Option<&str>, "NULL"),
     key_group: default!(Option<&str>, "NULL"),
 ) -> Uuid {
-    (|| {
-        let name = required(name, "name")?;
+    let name = required(name, "name").or_raise();
+    sealing_allowed("create_rotating_secret", key_group);
+    access::write("create_rotating_secret", Privilege::Write, name, || {
         let interval = required(rotation_interval, "rotation_interval")?;
         let grace = required(grace_period, "grace_period")?;
         let spec = required(generator, "generator")?;
@@ -273,22 +283,20 @@ fn create_rotating_secret(
         catalog::check_schedule("grace_period", &grace, false)?;
         let value = Generator::parse(spec)?.generate();
         create(name, "rotating", &value, description, key_group, Some(interval), Some(grace), Some(spec))
-    })()
-    .or_raise()
+    })
 }
 
 /// The current value.
 #[pg_extern(stable, strict, parallel_safe)]
 fn read_secret(name: &str) -> SecretText {
-    (|| {
+    access::read("read_secret", Privilege::Read, name, || {
         let (s, values) = live(name)?;
         let v = values
             .iter()
             .find(|v| v.version == s.current_version)
-            .ok_or_else(|| VaultError::Internal(format!("secret \"{name}\" has no current value")))?;
+            .ok_or_else(|| VaultError::Internal("the secret has no current value".into()))?;
         utf8(open(&s.group, &s.id, v.version, &v.ciphertext, "vault.read_secret")?)
-    })()
-    .or_raise()
+    })
 }
 
 /// Whether `candidate` is the current value or one still inside its grace
@@ -296,7 +304,7 @@ fn read_secret(name: &str) -> SecretText {
 /// whichever matches.
 #[pg_extern(stable, strict, parallel_safe)]
 fn verify_secret(name: &str, candidate: &str) -> bool {
-    (|| {
+    let ok = access::read("verify_secret", Privilege::Verify, name, || {
         let (s, values) = live(name)?;
         let now = catalog::now_micros();
         let mut plain: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(values.len());
@@ -306,8 +314,14 @@ fn verify_secret(name: &str, candidate: &str) -> bool {
             }
         }
         Ok(secret::verify(candidate.as_bytes(), plain.iter().map(|p| p.as_slice())))
-    })()
-    .or_raise()
+    });
+    if !ok {
+        // What a guess looks like: counted toward the caller's lockout and
+        // recorded, whether or not reads are audited.
+        audit::mismatch("verify_secret", name);
+        access::failed_verification("verify_secret", name);
+    }
+    ok
 }
 
 fn next_version(
@@ -340,33 +354,31 @@ fn next_version(
 
 /// Sets a new value; returns its version. A manual secret's previous value
 /// stops verifying at once; a rotating one's after its grace period.
-#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn update_secret(name: &str, value: &str) -> i32 {
-    (|| {
+    access::write("update_secret", Privilege::Write, name, || {
         require_writable("update a secret")?;
         validate_value(value)?;
         Spi::connect_mut(|c| next_version(c, name, Some(value), "vault.update_secret"))
-    })()
-    .or_raise()
+    })
 }
 
 /// Generates a new value for a rotating secret now; returns its version.
-#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn rotate_secret(name: &str) -> i32 {
-    (|| {
+    access::write("rotate_secret", Privilege::Rotate, name, || {
         require_writable("rotate a secret")?;
         Spi::connect_mut(|c| next_version(c, name, None, "vault.rotate_secret"))
-    })()
-    .or_raise()
+    })
 }
 
 /// Deletes a secret and erases every ciphertext of it.
-#[pg_extern(volatile, strict, parallel_unsafe, security_definer)]
+#[pg_extern(volatile, strict, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn delete_secret(name: &str) {
-    (|| {
+    access::write("delete_secret", Privilege::Write, name, || {
         require_writable("delete a secret")?;
         Spi::connect_mut(|c| {
             if !secret_store::delete(c, name)? {
@@ -375,12 +387,11 @@ fn delete_secret(name: &str) {
             coherence::note_change(&dirty_key(name), None, false);
             Ok(())
         })
-    })()
-    .or_raise()
+    })
 }
 
 /// Every version's metadata; never a value.
-#[pg_extern(stable, strict, parallel_safe, security_definer)]
+#[pg_extern(stable, strict, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn secret_versions(
@@ -394,7 +405,8 @@ fn secret_versions(
         name!(state, String),
     ),
 > {
-    let rows = Spi::connect(|c| -> VaultResult<_> {
+    access::check_visible("secret_versions", name).or_raise();
+    let rows = identity::as_owner(|_| Spi::connect(|c| -> VaultResult<_> {
         let s = secret_store::get(c, name)?;
         let now = catalog::now_micros();
         Ok(secret_store::versions(c, &s.id)?
@@ -404,7 +416,7 @@ fn secret_versions(
                 (v, created, until, state.to_string())
             })
             .collect::<Vec<_>>())
-    })
+    }))
     .or_raise();
     TableIterator::new(rows)
 }
@@ -413,10 +425,11 @@ fn secret_versions(
 /// ciphertext, which only the view (as its owner) can read; the AAD binds it
 /// to its secret and version. EXECUTE is granted to no role by default, and
 /// even with it the caller must hold SELECT on `vault.decrypted_secrets`:
-/// it opens nothing for anyone who may not list every value anyway.
+/// it opens nothing for anyone who may not list every value anyway, and
+/// then only rows of secrets it may `read`.
 #[pg_extern(stable, strict, parallel_safe, name = "_open_secret")]
-fn open_secret(key_group: &str, secret_id: Uuid, version: i32, ciphertext: &[u8]) -> SecretText {
-    (|| {
+fn open_secret(name: &str, key_group: &str, secret_id: Uuid, version: i32, ciphertext: &[u8]) -> SecretText {
+    access::read("decrypted_secrets", Privilege::Read, name, || {
         let view = identity::current()?.decrypted_secrets_view;
         // SAFETY: an ACL check on a relation by OID; no state is changed.
         let allowed = view != pg_sys::InvalidOid
@@ -426,6 +439,5 @@ fn open_secret(key_group: &str, secret_id: Uuid, version: i32, ciphertext: &[u8]
             return Err(VaultError::PermissionDenied("view vault.decrypted_secrets"));
         }
         utf8(open(key_group, secret_id.as_bytes(), version, ciphertext, "vault.decrypted_secrets")?)
-    })()
-    .or_raise()
+    })
 }

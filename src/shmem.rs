@@ -75,10 +75,13 @@ unsafe extern "C-unwind" fn shmem_request() {
         let (slots, versions) = layout();
         // One extra page so the region can start on a page boundary.
         pg_sys::RequestAddinShmemSpace(region_len(slots, versions) + page_size());
-        // Lock 0 guards the ring cache, lock 1 the worker registry.
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 2);
+        // Lock 0 guards the ring cache, 1 the worker registry, 2 the
+        // lockout table, 3 the audit queue.
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 4);
         pg_sys::RequestAddinShmemSpace(per_backend_len() * std::mem::size_of::<BackendCounters>());
         pg_sys::RequestAddinShmemSpace(crate::worker::registry::size());
+        pg_sys::RequestAddinShmemSpace(crate::access::lockout::size());
+        pg_sys::RequestAddinShmemSpace(crate::audit::queue::size());
     }
 }
 
@@ -113,6 +116,8 @@ unsafe extern "C-unwind" fn shmem_startup() {
         PER_BACKEND = pb;
         PER_BACKEND_LEN = n;
         crate::worker::registry::startup(&raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()).add(1)).lock);
+        crate::access::lockout::startup(&raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()).add(2)).lock);
+        crate::audit::queue::startup(&raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()).add(3)).lock);
         pg_sys::LWLockRelease(addin_shmem_init_lock());
     }
 }

@@ -29,7 +29,7 @@ use crate::error::{VaultError, VaultResult};
 use crate::identity::{self, Identity};
 use crate::rewrap;
 use secret_vault_core::KmsError;
-use crate::{coherence, guc, keyring, kms, secret_store, secrets, shmem};
+use crate::{audit, coherence, guc, keyring, kms, secret_store, secrets, shmem};
 use registry::{ItemKind, Slot, State};
 
 const DUE_BATCH: i64 = 32;
@@ -125,6 +125,7 @@ struct Worker {
     /// at secret_vault.rewrap_rate per second, holding at most one second).
     rewrap_allowance: f64,
     rewrap_filled_at: Option<Instant>,
+    last_audit_prune: Option<Instant>,
 }
 
 #[pg_guard]
@@ -157,6 +158,7 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         last_kms_check: None,
         rewrap_allowance: 0.0,
         rewrap_filled_at: None,
+        last_audit_prune: None,
     };
     // A row lock held by a session (an open transaction that rotated or
     // updated the item) must not stall every other item: waits end after
@@ -235,6 +237,15 @@ impl Worker {
             self.step("secret version pruning", |w| w.prune_secrets());
             self.step("KMS material check", |w| w.check_kms_keys());
             self.step("ring key re-wrap", |w| w.rewrap_rows());
+        }
+        if writable {
+            // Whatever the rotation setting: a subscriber keeps its own log.
+            self.step("audit log", |w| w.write_audit());
+            let retention = guc::AUDIT_RETENTION_S.get() as i64;
+            if retention > 0 && self.last_audit_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                self.last_audit_prune = Some(Instant::now());
+                self.step("audit log retention", |_| txn(|_| audit::writer::prune(retention)).map(|_| ()));
+            }
         }
         let sync_every = Duration::from_millis(guc::SYNC_INTERVAL_MS.get().max(10) as u64);
         if self.last_sync.is_none_or(|t| t.elapsed() >= sync_every) {
@@ -616,6 +627,48 @@ impl Worker {
         for _ in 0..16 {
             let n = txn(|_| Spi::connect_mut(|c| secret_store::prune(c, catalog::clock(), kept, 1000)))?;
             if n < 1000 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes this database's queued audit records to the chain, a batch
+    /// per transaction. The chain key is opened (a KMS call, made once)
+    /// between transactions, never inside one.
+    fn write_audit(&mut self) -> VaultResult<()> {
+        use audit::writer::{self, Source};
+        // Entries a failed round left taken are ours to retry.
+        audit::queue::untake(self.database);
+        for _ in 0..20 {
+            let (generation, taken) = audit::queue::take(self.database, writer::BATCH);
+            if taken.is_empty() {
+                return Ok(());
+            }
+            let indexes: Vec<usize> = taken.iter().map(|t| t.index).collect();
+            let r = (|| {
+                let src = match txn(|_| Spi::connect(|c| writer::source(c)))? {
+                    Source::Chain(s) => s,
+                    Source::None(kms_key) => {
+                        let (key_id, wrapped) = writer::new_key(&kms_key)?;
+                        txn(|_| Spi::connect_mut(|c| writer::start(c, &kms_key.name, &key_id, &wrapped)))?;
+                        match txn(|_| Spi::connect(|c| writer::source(c)))? {
+                            Source::Chain(s) => s,
+                            Source::None(_) => return Err(VaultError::Internal("the audit chain was not started".into())),
+                        }
+                    }
+                };
+                let key = writer::open(&src)?;
+                txn(|_| writer::append(&key, self.database, generation, &taken))
+            })();
+            match r {
+                Ok(_) => audit::queue::release(&indexes),
+                Err(e) => {
+                    audit::queue::untake(self.database);
+                    return Err(e);
+                }
+            }
+            if taken.len() < writer::BATCH {
                 break;
             }
         }

@@ -335,6 +335,17 @@ pub fn want(database: u32) {
     wake_launcher();
 }
 
+/// Wakes the worker of `database` (the audit queue is filling up).
+pub fn wake(database: u32) {
+    if let Some(s) = find(database) {
+        let pid = s.pid.load(Relaxed);
+        if pid > 0 {
+            // SIGUSR1 sets a background worker's latch (procsignal handler).
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+        }
+    }
+}
+
 pub fn wake_launcher() {
     if let Some(h) = unsafe { BASE.as_ref() } {
         let pid = h.launcher_pid.load(Relaxed);
