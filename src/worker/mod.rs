@@ -188,6 +188,13 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         // A shutdown seen during a KMS wait is remembered there (pgrx's flag
         // is cleared when read).
         if crate::kms::shutdown_requested() || !BackgroundWorker::wait_latch(Some(interval)) {
+            // Stopping: what the queue holds would be lost with shared
+            // memory. (Sessions are being stopped too; records they settle
+            // after this are written by the next start only if the server
+            // keeps running, see docs/access.md.)
+            if !unsafe { pg_sys::RecoveryInProgress() } {
+                let _ = guarded(|| w.write_audit());
+            }
             break;
         }
         if BackgroundWorker::sighup_received() {

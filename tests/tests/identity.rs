@@ -353,15 +353,15 @@ fn readers_cannot_open_or_forge_secret_values_and_tampered_purpose_fails_closed(
     assert_eq!(db_error(&e).0, "22023");
     // the internal opener is not the reader's
     let e = app
-        .query_one("SELECT vault._open_secret('vault/secrets', id, v, ct) FROM stolen", &[])
+        .query_one("SELECT vault._open_secret('db/password', 'vault/secrets', id, v, ct) FROM stolen", &[])
         .unwrap_err();
     assert_eq!(db_error(&e).0, "42501");
     let e = app.query_one("SELECT * FROM vault.decrypted_secrets", &[]).unwrap_err();
     assert_eq!(db_error(&e).0, "42501");
     // EXECUTE on the opener alone is not enough either: it wants SELECT on the view
-    su.batch_execute("GRANT EXECUTE ON FUNCTION vault._open_secret(text, uuid, int, bytea) TO app").unwrap();
+    su.batch_execute("GRANT EXECUTE ON FUNCTION vault._open_secret(text, text, uuid, int, bytea) TO app").unwrap();
     let e = app
-        .query_one("SELECT vault._open_secret('vault/secrets', id, v, ct) FROM stolen", &[])
+        .query_one("SELECT vault._open_secret('db/password', 'vault/secrets', id, v, ct) FROM stolen", &[])
         .unwrap_err();
     assert_eq!(db_error(&e).0, "42501");
     su.batch_execute("GRANT SELECT ON vault.decrypted_secrets TO app").unwrap();

@@ -151,7 +151,7 @@ fn calls_that_fail(db: &mut Client, s: &str) {
         (format!("SELECT vault.encrypt('lr/sign', '{s}')"), "42809"),
         (format!("SELECT vault.decrypt('lr/col', '{s}'::bytea, '{s}'::bytea)"), ""),
         (format!("SELECT vault.decrypt('{s}', vault.encrypt('lr/col', 'x'))"), "42704"),
-        (format!("SELECT vault._open_secret('{s}', gen_random_uuid(), 1, '\\x00'::bytea)"), ""),
+        (format!("SELECT vault._open_secret('{s}', '{s}', gen_random_uuid(), 1, '\\x00'::bytea)"), ""),
         (format!("SELECT vault.rotate('{s}')"), "42704"),
         (format!("SELECT vault.retire('{s}', 1)"), "42704"),
         (format!("SELECT vault.retire('lr/sign', '{s}')"), "22P02"),
