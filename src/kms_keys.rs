@@ -140,6 +140,14 @@ fn drop_kms_key(name: &str) {
         if groups > 0 {
             return Err(VaultError::KmsKeyInUse { name: name.to_string(), groups });
         }
+        let audit: i64 = c
+            .select(&identity::sql("SELECT pg_catalog.count(*) FROM vault.audit_chain WHERE kms_key OPERATOR(pg_catalog.=) $1")?, Some(1), &[name.into()])?
+            .first()
+            .get_one::<i64>()?
+            .unwrap_or(0);
+        if audit > 0 {
+            return Err(VaultError::KmsKeyInUse { name: name.to_string(), groups: 0 });
+        }
         c.update(&identity::sql("DELETE FROM vault.kms_keys WHERE name OPERATOR(pg_catalog.=) $1")?, None, &[name.into()])?;
         Ok(())
     })

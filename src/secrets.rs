@@ -304,7 +304,8 @@ fn read_secret(name: &str) -> SecretText {
 /// whichever matches.
 #[pg_extern(stable, strict, parallel_safe)]
 fn verify_secret(name: &str, candidate: &str) -> bool {
-    let ok = access::read("verify_secret", Privilege::Verify, name, || {
+    access::check("verify_secret", Privilege::Verify, name).or_raise();
+    let ok = (|| {
         let (s, values) = live(name)?;
         let now = catalog::now_micros();
         let mut plain: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(values.len());
@@ -314,10 +315,14 @@ fn verify_secret(name: &str, candidate: &str) -> bool {
             }
         }
         Ok(secret::verify(candidate.as_bytes(), plain.iter().map(|p| p.as_slice())))
-    });
-    if !ok {
+    })()
+    .unwrap_or_else(|e: VaultError| e.raise_recorded(|code| audit::read_failed("verify_secret", name, code)));
+    if ok {
+        audit::read_ok("verify_secret", name).or_raise();
+    } else {
         // What a guess looks like: counted toward the caller's lockout and
-        // recorded, whether or not reads are audited.
+        // recorded (as "mismatch", never as a read), whether or not reads
+        // are audited.
         audit::mismatch("verify_secret", name);
         access::failed_verification("verify_secret", name);
     }

@@ -11,6 +11,7 @@ pub use postgres::{Client, NoTls};
 
 pub mod peers;
 pub mod proxy;
+pub mod relay;
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
