@@ -16,8 +16,6 @@ mod identity;
 mod keyring;
 mod keys;
 mod kms;
-mod kms_keys;
-mod rewrap;
 mod log_hook;
 mod secret_store;
 mod secrets;

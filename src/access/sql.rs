@@ -10,7 +10,7 @@ use secret_vault_core::access::Privilege;
 use crate::audit;
 use crate::error::{required, OrRaise, VaultError, VaultResult};
 use crate::identity::{self, sql};
-use crate::kms_keys::require_superuser;
+use crate::kms::registry::require_superuser;
 
 fn role_arg(role: Option<pg_sys::Oid>) -> VaultResult<(pg_sys::Oid, String)> {
     let oid = required(role, "role")?;

@@ -27,7 +27,7 @@ use secret_vault_core::secret::Generator;
 use crate::catalog;
 use crate::error::{VaultError, VaultResult};
 use crate::identity::{self, Identity};
-use crate::rewrap;
+use crate::kms::rewrap;
 use secret_vault_core::KmsError;
 use crate::{audit, coherence, guc, keyring, kms, secret_store, secrets, shmem};
 use registry::{ItemKind, Slot, State};

@@ -228,7 +228,7 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
 fn move_group(group_name: &str, kms_key: &str) -> i64 {
     crate::audit::write("move_group", Some(group_name), || -> VaultResult<i64> {
         require_writable("move a key group")?;
-        crate::kms_keys::require_superuser("vault.move_group (only superusers may change which KMS key protects a group)")?;
+        crate::kms::registry::require_superuser("vault.move_group (only superusers may change which KMS key protects a group)")?;
         Spi::connect_mut(|c| {
             let group = catalog::group(c, group_name)?;
             let to = catalog::resolve_kms_key(c, Some(kms_key))?;

@@ -9,6 +9,9 @@
 //! `statement_timeout` or a shutdown request; callers never hold an LWLock
 //! across it.
 
+pub mod registry;
+pub mod rewrap;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
