@@ -310,8 +310,25 @@ CREATE TABLE vault.audit_chain (
     last_mac          bytea NOT NULL,
     queue_database    bigint NOT NULL DEFAULT 0,
     queue_generation  bigint NOT NULL DEFAULT 0,
-    queue_seq         bigint NOT NULL DEFAULT 0
+    queue_seq         bigint NOT NULL DEFAULT 0,
+    -- MAC of the two ends under the chain key (NULL until the first write).
+    head_mac          bytea
 );
+-- Records of writes that succeeded, staged in the writing transaction:
+-- they commit with the write (or vanish with it) and the worker moves them
+-- into the chain. Not dumped: a restore starts with none.
+CREATE TABLE vault.audit_staging (
+    seq               bigserial PRIMARY KEY,
+    at                timestamptz NOT NULL,
+    database          text NOT NULL,
+    role              text NOT NULL,
+    session_role      text NOT NULL,
+    client_addr       inet,
+    application_name  text NOT NULL,
+    action            text NOT NULL,
+    object            text
+);
+
 SELECT pg_catalog.pg_extension_config_dump('vault.access_grants', '');
 SELECT pg_catalog.pg_extension_config_dump('vault.access_defaults_revoked', '');
 SELECT pg_catalog.pg_extension_config_dump('vault.allowed_addresses', '');
@@ -332,3 +349,4 @@ ALTER TABLE vault.allowed_addresses OWNER TO vault_owner;
 ALTER VIEW vault.access_rules OWNER TO vault_owner;
 ALTER TABLE vault.audit_log OWNER TO vault_owner;
 ALTER TABLE vault.audit_chain OWNER TO vault_owner;
+ALTER TABLE vault.audit_staging OWNER TO vault_owner;

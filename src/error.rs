@@ -112,11 +112,6 @@ impl VaultError {
                 Some(format!("{UNECHOED} Registered KMS keys are listed in vault.kms_keys.")),
             ),
             VaultError::KmsKeyExists(n) => (ERRCODE_DUPLICATE_OBJECT, format!("KMS key \"{n}\" already exists"), None),
-            VaultError::KmsKeyInUse { name, groups: 0 } => (
-                ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-                format!("KMS key \"{name}\" wraps the audit log's key"),
-                Some("The audit chain (vault.audit_chain) keeps using the KMS key it started with; see docs/access.md.".into()),
-            ),
             VaultError::KmsKeyInUse { name, groups } => (
                 ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
                 format!("KMS key \"{name}\" still wraps the keys of {groups} key group(s)"),

@@ -70,6 +70,24 @@ pub fn mac(key: &[u8; 32], prev: &[u8], r: &Record) -> [u8; MAC_LEN] {
     m.finalize().into_bytes().into()
 }
 
+/// The MAC over the chain's two ends (the id and MAC before the first record
+/// kept, the last record's id and MAC), so that moving either end (deleting
+/// records and editing the head to match) needs the key too.
+pub fn head_mac(key: &[u8; 32], first_id: i64, anchor: &[u8], last_id: i64, last_mac: &[u8]) -> [u8; MAC_LEN] {
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(b"secret_vault audit head v1");
+    m.update(&first_id.to_be_bytes());
+    field(&mut m, Some(anchor));
+    m.update(&last_id.to_be_bytes());
+    field(&mut m, Some(last_mac));
+    m.finalize().into_bytes().into()
+}
+
+/// Whether a stored head MAC is the one for these ends (constant time).
+pub fn head_ok(key: &[u8; 32], first_id: i64, anchor: &[u8], last_id: i64, last_mac: &[u8], stored: &[u8]) -> bool {
+    bool::from(subtle::ConstantTimeEq::ct_eq(head_mac(key, first_id, anchor, last_id, last_mac).as_slice(), stored))
+}
+
 /// Checks stored records in id order against the chain.
 pub struct Verifier<'k> {
     key: &'k [u8; 32],
@@ -181,6 +199,15 @@ mod tests {
         let (_, rows) = chain(2);
         let other = chain_key(&[8; 32]);
         assert_eq!(first_bad(&other, &rows), Some(1));
+    }
+
+    #[test]
+    fn moving_an_end_of_the_chain_breaks_the_head_mac() {
+        let key = chain_key(&[3; 32]);
+        let h = head_mac(&key, 1, &[0; 32], 10, &[9; 32]);
+        assert!(head_ok(&key, 1, &[0; 32], 10, &[9; 32], &h));
+        assert!(!head_ok(&key, 1, &[0; 32], 9, &[8; 32], &h), "tail cut");
+        assert!(!head_ok(&key, 4, &[7; 32], 10, &[9; 32], &h), "start moved");
     }
 
     #[test]

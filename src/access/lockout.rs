@@ -1,6 +1,7 @@
-//! The lockout table in shared memory: failures per (role, client
+//! The lockout table in shared memory: failures per (login role, client
 //! address), shared by every database of the server (a role is a server
-//! object, and guessing in another database is still guessing).
+//! object, and guessing in another database is still guessing). The role
+//! is the session's, so `SET ROLE` to another role gives no fresh guesses.
 //!
 //! The hot path never scans it: a lock (or unlock) bumps `changes`, and a
 //! backend re-reads its own pair's state only when that moved.
@@ -119,7 +120,7 @@ pub fn refuse_if_locked(action: &'static str, object: Option<&str>, user: pg_sys
         until
     };
     if until > now {
-        audit::refused(action, object, "28000");
+        audit::refused(action, super::recordable(object), "28000");
         return Err(VaultError::LockedOut { role: super::role_name(user), seconds: (until - now + 999_999) / 1_000_000 });
     }
     Ok(())
@@ -137,7 +138,7 @@ pub fn failure(action: &'static str, object: Option<&str>, user: pg_sys::Oid) {
     let locked = with(pg_sys::LWLockMode::LW_EXCLUSIVE, |t| lockout::record_failure(t, user.to_u32(), local, &addr, now, &p)).flatten();
     if locked.is_some() {
         bump();
-        audit::refused_as(action, object, "locked out", "28000");
+        audit::refused_as(action, super::recordable(object), "locked out", "28000");
     }
 }
 

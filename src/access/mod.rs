@@ -109,6 +109,11 @@ pub fn client() -> Client {
 
 unsafe fn read_client() -> Client {
     unsafe {
+        if pg_sys::ParallelWorkerNumber >= 0 {
+            // A parallel worker has no client of its own: it acts for its
+            // leader's, which the activity statistics record.
+            return leader_client();
+        }
         let port = pg_sys::MyProcPort;
         if port.is_null() {
             return Client::Local;
@@ -121,13 +126,39 @@ unsafe fn read_client() -> Client {
         if libc::getpeername(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) != 0 {
             return Client::Local;
         }
+        from_sockaddr(&ss)
+    }
+}
+
+/// The client of this parallel worker's leader, from the leader's entry in
+/// the activity statistics; Unknown (no allowlist matches) if not found.
+unsafe fn leader_client() -> Client {
+    unsafe {
+        let me = pg_sys::MyProc;
+        if me.is_null() || (*me).lockGroupLeader.is_null() {
+            return Client::Unknown;
+        }
+        let leader = (*(*me).lockGroupLeader).pid;
+        for i in 1..=pg_sys::pgstat_fetch_stat_numbackends() {
+            let e = pg_sys::pgstat_fetch_stat_beentry(i);
+            if !e.is_null() && (*e).st_procpid == leader {
+                let ss = &(*e).st_clientaddr.addr as *const pg_sys::sockaddr_storage as *const libc::sockaddr_storage;
+                return if (*e).st_clientaddr.salen == 0 { Client::Local } else { from_sockaddr(&*ss) };
+            }
+        }
+        Client::Unknown
+    }
+}
+
+unsafe fn from_sockaddr(ss: &libc::sockaddr_storage) -> Client {
+    unsafe {
         match ss.ss_family as i32 {
             libc::AF_INET => {
-                let sin = &*(&ss as *const libc::sockaddr_storage as *const libc::sockaddr_in);
+                let sin = &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in);
                 Client::Ip(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
             }
             libc::AF_INET6 => {
-                let sin6 = &*(&ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6);
+                let sin6 = &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6);
                 Client::Ip(address::canonical(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))))
             }
             _ => Client::Local,
@@ -141,7 +172,7 @@ pub fn client_bytes(c: Client) -> Option<[u8; 16]> {
     match c {
         Client::Ip(IpAddr::V4(v4)) => Some(v4.to_ipv6_mapped().octets()),
         Client::Ip(IpAddr::V6(v6)) => Some(v6.octets()),
-        Client::Local => None,
+        Client::Local | Client::Unknown => None,
     }
 }
 
@@ -187,12 +218,12 @@ pub fn check(action: &'static str, privilege: Privilege, name: &str) -> VaultRes
     if c.exempt {
         return Ok(());
     }
-    lockout::refuse_if_locked(action, Some(name), c.user)?;
+    lockout::refuse_if_locked(action, Some(name), c.session)?;
     let d = decide(&c, name)?;
     if d.privileges.has(privilege) {
         return Ok(());
     }
-    refuse(action, Some(name), c.user, privilege.as_str(), d.address_refused)
+    refuse(action, Some(name), &c, privilege.as_str(), d.address_refused)
 }
 
 /// Whether the caller holds any privilege on `name` (the metadata views
@@ -221,17 +252,41 @@ pub fn holds(privilege: Privilege, name: &str) -> VaultResult<bool> {
 
 /// Refuses a call: counts the failure, records the denial (and a lockout
 /// it causes), and returns the error to raise.
-fn refuse<T>(action: &'static str, object: Option<&str>, user: pg_sys::Oid, privilege: &'static str, address: bool) -> VaultResult<T> {
+fn refuse<T>(action: &'static str, object: Option<&str>, c: &Caller, privilege: &'static str, address: bool) -> VaultResult<T> {
+    let object = recordable(object);
     audit::refused(action, object, "42501");
-    lockout::failure(action, object, user);
-    Err(VaultError::AccessDenied { role: role_name(user), privilege, address })
+    lockout::failure(action, object, c.session);
+    Err(VaultError::AccessDenied { role: role_name(c.user), privilege, address })
+}
+
+/// The name a refused call is recorded under: only a name that exists (a
+/// group or a secret). A refused name that matches nothing may be a value
+/// passed in the wrong argument, and the audit log never holds values.
+pub(crate) fn recordable(object: Option<&str>) -> Option<&str> {
+    let name = object?;
+    let known = identity::as_owner(|_| {
+        Spi::connect(|c| -> VaultResult<bool> {
+            Ok(c.select(
+                &identity::sql(
+                    "SELECT EXISTS (SELECT 1 FROM vault.key_groups WHERE name OPERATOR(pg_catalog.=) $1)
+                         OR EXISTS (SELECT 1 FROM vault.secret_store WHERE name OPERATOR(pg_catalog.=) $1)",
+                )?,
+                Some(1),
+                &[name.into()],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false))
+        })
+    });
+    known.unwrap_or(false).then_some(name)
 }
 
 /// A failed verification: counted toward the lockout like a denial.
 pub fn failed_verification(action: &'static str, name: &str) {
     if let Ok(c) = caller() {
         if !c.exempt {
-            lockout::failure(action, Some(name), c.user);
+            lockout::failure(action, Some(name), c.session);
         }
     }
 }
@@ -429,10 +484,10 @@ pub fn check_visible(action: &'static str, name: &str) -> VaultResult<()> {
         audit::refused(action, Some(name), "42501");
         return Err(VaultError::Reserved("key group \"vault/audit\" (the audit log's key)"));
     }
-    lockout::refuse_if_locked(action, Some(name), c.user)?;
+    lockout::refuse_if_locked(action, Some(name), c.session)?;
     let d = decide(&c, name)?;
     if d.privileges.any() {
         return Ok(());
     }
-    refuse(action, Some(name), c.user, "see", d.address_refused)
+    refuse(action, Some(name), &c, "see", d.address_refused)
 }

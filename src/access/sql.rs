@@ -197,6 +197,14 @@ AS $$ SELECT vault._unlock($1::pg_catalog.oid, pg_catalog.host($2)) $$;"#,
 fn unlock_impl(role: Option<pg_sys::Oid>, client_addr: Option<&str>) -> i32 {
     let (oid, name) = role_arg(role).or_raise();
     audit::write("unlock", Some(&name), || {
+        // A locked role must not lift its own lock (nor one of a role whose
+        // rights it has): only a superuser or an unrelated administrator.
+        // SAFETY: membership tests on the backend's own user ids.
+        let (user, session) = unsafe { (pg_sys::GetUserId(), pg_sys::GetSessionUserId()) };
+        let own = unsafe { pg_sys::has_privs_of_role(user, oid) || pg_sys::has_privs_of_role(session, oid) };
+        if own && !unsafe { pg_sys::superuser() } {
+            return Err(VaultError::PermissionDenied("vault.unlock of a role the caller acts as (ask another administrator)"));
+        }
         let addr = match client_addr {
             None => None,
             Some(a) => {

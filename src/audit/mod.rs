@@ -2,13 +2,17 @@
 //! every denial and lockout, and with `secret_vault.audit_reads` every
 //! read, with who, from where, what and how it ended; never a value.
 //!
-//! Records go through a shared-memory queue ([`queue`]) that the
-//! database's worker writes to `vault.audit_log`, chained by MACs
-//! ([`writer`]). So a record of a denied or failed call outlives the
-//! caller's transaction, and a write's record says whether it committed,
-//! failed or was rolled back (with a savepoint too). When the queue stays
-//! full the action is refused (`secret_vault.audit_when_full`); on a
-//! standby, where nothing can be written, records go to the server log.
+//! A write that succeeds is recorded in its own transaction: a row of
+//! `vault.audit_staging`, which commits with the write or vanishes with it
+//! (a savepoint too), so nothing can commit unrecorded and no limit applies
+//! to how many writes one transaction makes. Everything that must outlive
+//! the caller's transaction (a denial, a failure, the note that a write was
+//! rolled back, and reads when they are audited) goes through a
+//! shared-memory queue ([`queue`]). The database's worker moves both into
+//! `vault.audit_log`, chained by MACs ([`writer`]). When the queue stays
+//! full an audited read is refused (`secret_vault.audit_when_full`) and a
+//! record of a call that fails anyway goes to the server log; on a standby,
+//! where nothing can be written, every record goes to the server log.
 
 pub mod queue;
 pub mod writer;
@@ -26,9 +30,8 @@ use queue::Fields;
 /// before the action is refused (or logged).
 const FULL_WAIT_MS: u64 = 2000;
 
+/// A write staged in the current transaction, at this subtransaction level.
 struct Pending {
-    /// The reserved queue entry; None when the record goes to the server log.
-    slot: Option<usize>,
     level: i32,
     fields: Fields,
 }
@@ -36,6 +39,7 @@ struct Pending {
 thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static OVERFLOW: Cell<u64> = const { Cell::new(0) };
     static DATABASE_NAME: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
@@ -92,6 +96,11 @@ fn outcome_of(sqlstate: &str) -> &'static str {
 
 fn on_standby() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
+}
+
+/// Writes a queued record to the server log (its database's worker is gone).
+pub fn log_record(f: &Fields) {
+    log_line(f)
 }
 
 /// The record as one server-log line: `secret_vault audit: {json}`.
@@ -160,6 +169,17 @@ fn emit(f: &Fields) -> VaultResult<()> {
     }
 }
 
+/// Records an event without waiting for room (inside transaction
+/// callbacks and error handling, where nothing may wait or fail): to the
+/// queue, or to the server log when it is full.
+fn emit_nowait(f: &Fields) {
+    if on_standby() || !queue::push(f) {
+        log_line(f);
+    } else if queue::fill_ratio() > 0.5 {
+        wake_worker();
+    }
+}
+
 /// Records a refused call (denied, locked out). The call fails anyway: a
 /// full queue sends the record to the server log rather than lose it.
 pub fn refused(action: &str, object: Option<&str>, sqlstate: &str) {
@@ -215,53 +235,65 @@ pub fn read_failed(action: &str, object: &str, sqlstate: &str) {
     }
 }
 
-/// Runs a write or administrative action and raises its error. Its record
-/// is reserved first (a queue that stays full refuses the action before it
-/// runs), then says how it ended: an error's SQLSTATE at once, else "ok"
-/// when the transaction commits or "rolled back" when it (or the
-/// savepoint around the call) is rolled back.
+/// Runs a write or administrative action and raises its error. A success
+/// is staged in the caller's transaction (it commits with the action, or
+/// is rolled back with it, which a queued note then records); a failure,
+/// ours or PostgreSQL's (a lock timeout, a cancel), is queued with its
+/// SQLSTATE before the error goes on.
 pub fn write<T>(action: &'static str, object: Option<&str>, f: impl FnOnce() -> VaultResult<T>) -> T {
-    let mut record = fields(action, object, "", None);
-    let slot = if on_standby() {
-        None
-    } else {
-        match with_room(queue::reserve) {
-            Some(i) => Some(i),
-            None => match guc::AUDIT_WHEN_FULL.get() {
-                guc::AuditWhenFull::Log => None,
-                guc::AuditWhenFull::Refuse => VaultError::AuditQueueFull.raise(),
-            },
-        }
+    let record = fields(action, object, "", None);
+    let failed = |code: &str| {
+        let mut r = record.clone();
+        r.outcome = outcome_of(code).to_string();
+        r.sqlstate = Some(code.to_string());
+        r.at = catalog::now_micros();
+        emit_nowait(&r);
     };
-    match f() {
+    let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .catch_others(|e| {
+            let code = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => crate::error::sqlstate(r.sql_error_code()),
+            };
+            failed(&code);
+            e.rethrow()
+        })
+        .execute();
+    match result {
         Ok(v) => {
+            let mut r = record.clone();
+            r.outcome = "ok".into();
+            r.at = catalog::now_micros();
+            if let Err(e) = writer::stage(&r) {
+                e.raise();
+            }
             register();
             let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-            PENDING.with(|p| p.borrow_mut().push(Pending { slot, level, fields: record }));
+            PENDING.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < MAX_PENDING {
+                    p.push(Pending { level, fields: r });
+                } else {
+                    OVERFLOW.set(OVERFLOW.get() + 1);
+                }
+            });
             v
         }
-        Err(e) => e.raise_recorded(|code| {
-            record.outcome = outcome_of(code).to_string();
-            record.sqlstate = Some(code.to_string());
-            record.at = catalog::now_micros();
-            finish(slot, &record);
-        }),
+        Err(e) => e.raise_recorded(failed),
     }
 }
 
-fn finish(slot: Option<usize>, f: &Fields) {
-    match slot {
-        Some(i) => queue::fill(i, f),
-        None => log_line(f),
-    }
-}
+/// Notes of staged writes kept per transaction, to record a rollback;
+/// beyond this a rollback is summed up in one server-log line.
+const MAX_PENDING: usize = 10_000;
 
 fn settle(pending: Vec<Pending>, outcome: &str) {
     let now = catalog::now_micros();
     for mut p in pending {
         p.fields.outcome = outcome.to_string();
         p.fields.at = now;
-        finish(p.slot, &p.fields);
+        emit_nowait(&p.fields);
     }
 }
 
@@ -279,22 +311,19 @@ fn register() {
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            let p = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-            settle(p, "ok");
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            // The staged rows committed with the writes.
+            PENDING.with(|p| p.borrow_mut().clear());
+            OVERFLOW.set(0);
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             let p = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
             settle(p, "rolled back");
-        }
-        XACT_EVENT_PRE_PREPARE => {
-            if PENDING.with(|p| !p.borrow().is_empty()) {
-                pgrx::pg_sys::panic::ErrorReport::new(
-                    pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "cannot PREPARE a transaction that made audited secret_vault changes",
-                    "secret_vault",
-                )
-                .report(pgrx::PgLogLevel::ERROR);
+            let more = OVERFLOW.replace(0);
+            if more > 0 {
+                crate::log_hook::log_audit(&format!(
+                    "secret_vault audit: {more} more audited write(s) of this transaction were rolled back"
+                ));
             }
         }
         _ => {}

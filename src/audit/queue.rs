@@ -1,9 +1,7 @@
 //! The audit queue in shared memory: records wait here, outside any
 //! transaction, until their database's worker writes them to
 //! `vault.audit_log`. A record of a denied or failed call therefore
-//! survives the rollback of the caller's transaction; a write reserves its
-//! entry when it runs (so a full queue refuses it before it happens) and
-//! fills it at commit or abort, with how it ended.
+//! survives the rollback of the caller's transaction.
 //!
 //! Entries are fixed-size (texts are cut to their field, on a character
 //! boundary); the worker drains its database's entries in order.
@@ -191,21 +189,6 @@ fn fill_in(h: &mut Header, e: &mut Entry, f: &Fields) {
     e.state = FILLED;
 }
 
-/// Reserves an entry to be filled at the end of the transaction.
-pub fn reserve() -> Option<usize> {
-    locked(reserve_in).flatten()
-}
-
-/// Fills a reserved entry.
-pub fn fill(i: usize, f: &Fields) {
-    locked(|h, entries| {
-        if let Some(e) = entries.get_mut(i).filter(|e| e.state == RESERVED) {
-            fill_in(h, e, f);
-        }
-    });
-}
-
-
 /// Queues a finished record; false when the queue is full.
 pub fn push(f: &Fields) -> bool {
     locked(|h, entries| match reserve_in(h, entries) {
@@ -269,6 +252,19 @@ pub fn take(database: u32, max: usize) -> (u64, Vec<Taken>) {
         (h.generation, taken)
     })
     .unwrap_or((0, Vec::new()))
+}
+
+/// Databases other than `mine` with records queued before `before` (µs):
+/// candidates for a worker that is gone (a dropped database or extension).
+pub fn waiting_elsewhere(mine: u32, before: i64) -> Vec<u32> {
+    locked(|_, entries| {
+        let mut dbs: Vec<u32> =
+            entries.iter().filter(|e| e.state == FILLED && e.database != mine && e.at < before).map(|e| e.database).collect();
+        dbs.sort_unstable();
+        dbs.dedup();
+        dbs
+    })
+    .unwrap_or_default()
 }
 
 /// Frees entries whose records are written (or were written before).

@@ -65,6 +65,73 @@ pub enum Source {
     None(KmsKeyRow),
 }
 
+/// Stages the record of a write that succeeded, in the caller's
+/// transaction (as the tables' owner): it commits with the write.
+pub fn stage(f: &Fields) -> VaultResult<()> {
+    let at = TimestampWithTimeZone::try_from(f.at).map_err(|_| VaultError::Internal("audit time out of range".into()))?;
+    identity::as_owner_write(|_| {
+        Spi::connect_mut(|c| {
+            c.update(
+                &sql("INSERT INTO vault.audit_staging (at, database, role, session_role, client_addr, application_name, action, object)
+                      VALUES ($1, $2, $3, $4, $5::pg_catalog.inet, $6, $7, $8)")?,
+                None,
+                &[
+                    at.into(),
+                    f.database_name.as_str().into(),
+                    f.role.as_str().into(),
+                    f.session_role.as_str().into(),
+                    f.client_addr.as_ref().map(addr_text).into(),
+                    f.application_name.as_str().into(),
+                    f.action.as_str().into(),
+                    f.object.as_deref().into(),
+                ],
+            )?;
+            Ok(())
+        })
+    })
+}
+
+/// Committed staged records, oldest first, taken out of staging (in the
+/// worker's transaction: they move to the log atomically).
+fn unstage(c: &mut SpiClient<'_>, max: usize) -> VaultResult<Vec<Fields>> {
+    let rows = c.update(
+        &sql("DELETE FROM vault.audit_staging WHERE seq OPERATOR(pg_catalog.=) ANY (
+                  SELECT seq FROM vault.audit_staging ORDER BY seq LIMIT $1)
+              RETURNING seq, at, database, role, session_role, pg_catalog.host(client_addr), application_name, action, object")?,
+        None,
+        &[(max as i64).into()],
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let seq: i64 = column(r.get(1)?, "seq")?;
+        let at: TimestampWithTimeZone = column(r.get(2)?, "at")?;
+        let client: Option<String> = r.get(6)?;
+        out.push((
+            seq,
+            Fields {
+                at: at.into(),
+                database: 0,
+                database_name: column(r.get(3)?, "database")?,
+                role: column(r.get(4)?, "role")?,
+                session_role: column(r.get(5)?, "session_role")?,
+                client_addr: client.as_deref().and_then(addr_bytes),
+                application_name: column(r.get(7)?, "application_name")?,
+                action: column(r.get(8)?, "action")?,
+                object: r.get(9)?,
+                outcome: "ok".into(),
+                sqlstate: None,
+            },
+        ));
+    }
+    out.sort_by_key(|(seq, _)| *seq);
+    Ok(out.into_iter().map(|(_, f)| f).collect())
+}
+
+/// Whether committed writes wait in staging.
+pub fn staged(c: &SpiClient<'_>) -> VaultResult<bool> {
+    Ok(c.select(&sql("SELECT EXISTS (SELECT 1 FROM vault.audit_staging)")?, Some(1), &[])?.first().get_one::<bool>()?.unwrap_or(false))
+}
+
 /// Reads the chain's key source (in a transaction).
 pub fn source(c: &SpiClient<'_>) -> VaultResult<Source> {
     let t = c.select(
@@ -112,11 +179,45 @@ pub fn start(c: &mut SpiClient<'_>, kms_key: &str, key_id: &str, wrapped: &[u8])
     Ok(())
 }
 
+/// Wraps the chain's key under the default KMS key (`vault.drop_kms_key`
+/// of the one that wraps it now). Two KMS calls in the caller's
+/// transaction, as a registry change already makes.
+pub fn move_key(c: &mut SpiClient<'_>) -> VaultResult<()> {
+    let Source::Chain(src) = source(c)? else { return Ok(()) };
+    let to = crate::catalog::resolve_kms_key(c, None)?;
+    let raw = kms::unwrap_audit_key(&src.kms.spec(), &src.key_id, &src.wrapped)?;
+    let (key_id, wrapped) = kms::wrap_audit_key(&to.spec(), &raw)?;
+    c.update(
+        &sql("UPDATE vault.audit_chain SET kms_key = $1, key_id = $2, wrapped_key = $3")?,
+        None,
+        &[to.name.as_str().into(), key_id.as_str().into(), wrapped.as_slice().into()],
+    )?;
+    Ok(())
+}
+
 /// Makes the chain's key with the default KMS key (the worker, once per
 /// database, outside any transaction).
 pub fn new_key(kms_row: &KmsKeyRow) -> VaultResult<(String, Vec<u8>)> {
     let (_key, key_id, wrapped) = kms::new_audit_key(&kms_row.spec())?;
     Ok((key_id, wrapped))
+}
+
+/// Whether the head's ends still match their MAC (the initial head has
+/// none). The worker appends to, and prunes, only a head that does: one
+/// edited to hide records cut from an end is never signed again.
+fn head_intact(key: &[u8; 32], h: &Head) -> bool {
+    match &h.head_mac {
+        Some(m) => audit::head_ok(key, h.first_id, &h.anchor, h.last_id, &h.last_mac, m),
+        None => h.first_id == 1 && h.last_id == 0 && h.anchor.iter().all(|b| *b == 0) && h.last_mac.iter().all(|b| *b == 0),
+    }
+}
+
+fn tampered() -> VaultError {
+    VaultError::Internal(
+        "the audit chain's head (vault.audit_chain) does not match its MAC: records were cut from the log; \
+         nothing more is appended until it is resolved (see vault.verify_audit() and docs/access.md)"
+            .into(),
+    )
 }
 
 struct Head {
@@ -128,9 +229,11 @@ struct Head {
     database: i64,
     generation: i64,
     seq: i64,
+    head_mac: Option<Vec<u8>>,
 }
 
-const HEAD: &str = "SELECT first_id, anchor, last_id, last_mac, wrapped_key, queue_database, queue_generation, queue_seq
+const HEAD: &str = "SELECT first_id, anchor, last_id, last_mac, wrapped_key, queue_database, queue_generation, queue_seq,
+                           head_mac
                       FROM vault.audit_chain";
 
 fn head(c: &SpiClient<'_>) -> VaultResult<Option<Head>> {
@@ -156,6 +259,7 @@ fn head_of(t: pgrx::spi::SpiTupleTable<'_>) -> VaultResult<Option<Head>> {
         database: column(r.get(6)?, "queue_database")?,
         generation: column(r.get(7)?, "queue_generation")?,
         seq: column(r.get(8)?, "queue_seq")?,
+        head_mac: r.get(9)?,
     }))
 }
 
@@ -185,47 +289,91 @@ pub fn append(key: &[u8; 32], database: u32, generation: u64, taken: &[queue::Ta
         if !opened {
             return Err(VaultError::Internal("the audit chain's key changed; the next round opens it".into()));
         }
+        if !head_intact(key, &h) {
+            return Err(tampered());
+        }
         let (mut id, mut prev) = (h.last_id, h.last_mac.clone());
         let same_run = h.database == database as i64 && h.generation == generation as i64;
         let mut last_seq = if same_run { h.seq } else { 0 };
-        let mut n = 0;
-        for t in taken {
-            if same_run && t.seq as i64 <= h.seq {
-                continue;
-            }
+        // Queued records (not yet written) and committed staged writes, in
+        // time order.
+        let mut batch: Vec<(Option<u64>, Fields)> = taken
+            .iter()
+            .filter(|t| !(same_run && t.seq as i64 <= h.seq))
+            .map(|t| (Some(t.seq), t.fields.clone()))
+            .collect();
+        batch.extend(unstage(c, BATCH)?.into_iter().map(|f| (None, f)));
+        batch.sort_by_key(|(_, f)| f.at);
+        // One INSERT for the batch, from arrays: the drain rate bounds how
+        // fast audited reads can go once the queue is full.
+        let mut cols: (Vec<i64>, Vec<TimestampWithTimeZone>, Vec<String>, Vec<String>, Vec<String>) = Default::default();
+        let mut more: (Vec<Option<String>>, Vec<String>, Vec<String>, Vec<Option<String>>, Vec<String>, Vec<Option<String>>) =
+            Default::default();
+        let mut macs: Vec<Vec<u8>> = Vec::new();
+        for (seq, f) in &batch {
             id += 1;
-            let r = record(id, &t.fields);
+            let r = record(id, f);
             let mac = audit::mac(key, &prev, &r);
             let at = TimestampWithTimeZone::try_from(r.at).map_err(|_| VaultError::Internal("audit time out of range".into()))?;
+            cols.0.push(r.id);
+            cols.1.push(at);
+            more.0.push(r.client_addr.as_ref().map(addr_text));
+            more.3.push(r.object);
+            more.5.push(r.sqlstate);
+            cols.2.push(r.database);
+            cols.3.push(r.role);
+            cols.4.push(r.session_role);
+            more.1.push(r.application_name);
+            more.2.push(r.action);
+            more.4.push(r.outcome);
+            prev = mac.to_vec();
+            macs.push(prev.clone());
+            if let Some(seq) = seq {
+                last_seq = last_seq.max(*seq as i64);
+            }
+        }
+        let n = cols.0.len();
+        if n > 0 {
             c.update(
                 &sql("INSERT INTO vault.audit_log (id, at, database, role, session_role, client_addr, application_name,
                                                    action, object, outcome, sqlstate, mac)
-                      VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.inet, $7, $8, $9, $10, $11, $12)")?,
+                      SELECT * FROM ROWS FROM (
+                          pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.timestamptz[]),
+                          pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]),
+                          pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.inet[]),
+                          pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.text[]),
+                          pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.text[]),
+                          pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.bytea[]))")?,
                 None,
                 &[
-                    r.id.into(),
-                    at.into(),
-                    r.database.as_str().into(),
-                    r.role.as_str().into(),
-                    r.session_role.as_str().into(),
-                    r.client_addr.as_ref().map(addr_text).into(),
-                    r.application_name.as_str().into(),
-                    r.action.as_str().into(),
-                    r.object.as_deref().into(),
-                    r.outcome.as_str().into(),
-                    r.sqlstate.as_deref().into(),
-                    mac.as_slice().into(),
+                    cols.0.into(),
+                    cols.1.into(),
+                    cols.2.into(),
+                    cols.3.into(),
+                    cols.4.into(),
+                    more.0.into(),
+                    more.1.into(),
+                    more.2.into(),
+                    more.3.into(),
+                    more.4.into(),
+                    more.5.into(),
+                    macs.into(),
                 ],
             )?;
-            prev = mac.to_vec();
-            last_seq = t.seq as i64;
-            n += 1;
         }
+        let head_mac = audit::head_mac(key, h.first_id, &h.anchor, id, &prev);
         c.update(
             &sql("UPDATE vault.audit_chain SET last_id = $1, last_mac = $2, queue_database = $3,
-                         queue_generation = $4, queue_seq = $5")?,
+                         queue_generation = $4, queue_seq = $5, head_mac = $6")?,
             None,
-            &[id.into(), prev.as_slice().into(), (database as i64).into(), (generation as i64).into(), last_seq.into()],
+            &[
+                id.into(),
+                prev.as_slice().into(),
+                (database as i64).into(),
+                (generation as i64).into(),
+                last_seq.into(),
+                head_mac.as_slice().into(),
+            ],
         )?;
         Ok(n)
     })
@@ -233,9 +381,15 @@ pub fn append(key: &[u8; 32], database: u32, generation: u64, taken: &[queue::Ta
 
 /// Deletes records older than the retention and moves the chain's anchor
 /// to the last one deleted; how many. Runs in the worker's transaction.
-pub fn prune(retention_s: i64) -> VaultResult<i64> {
+pub fn prune(key: &[u8; 32], retention_s: i64) -> VaultResult<i64> {
     Spi::connect_mut(|c| {
-        let Some(_) = head_locked(c)? else { return Ok(0) };
+        let Some(h) = head_locked(c)? else { return Ok(0) };
+        if !KEY.with(|k| k.borrow().as_ref().is_some_and(|(w, _)| *w == h.wrapped)) {
+            return Err(VaultError::Internal("the audit chain's key changed; the next round opens it".into()));
+        }
+        if !head_intact(key, &h) {
+            return Err(tampered());
+        }
         let cutoff = crate::catalog::now_micros() - retention_s * 1_000_000;
         let cutoff = TimestampWithTimeZone::try_from(cutoff).map_err(|_| VaultError::Internal("retention out of range".into()))?;
         let t = c.select(
@@ -250,10 +404,11 @@ pub fn prune(retention_s: i64) -> VaultResult<i64> {
         let id: i64 = column(r.get(1)?, "id")?;
         let mac: Vec<u8> = column(r.get(2)?, "mac")?;
         let n = c.update(&sql("DELETE FROM vault.audit_log WHERE id OPERATOR(pg_catalog.<=) $1")?, None, &[id.into()])?.len() as i64;
+        let head_mac = audit::head_mac(key, id + 1, &mac, h.last_id, &h.last_mac);
         c.update(
-            &sql("UPDATE vault.audit_chain SET first_id = $1 OPERATOR(pg_catalog.+) 1, anchor = $2")?,
+            &sql("UPDATE vault.audit_chain SET first_id = $1, anchor = $2, head_mac = $3")?,
             None,
-            &[id.into(), mac.as_slice().into()],
+            &[(id + 1).into(), mac.as_slice().into(), head_mac.as_slice().into()],
         )?;
         Ok(n)
     })
@@ -279,6 +434,13 @@ fn verify_audit() -> Option<i64> {
             let key = open(&src)?;
             Spi::connect(|c| {
                 let h = head(c)?.ok_or_else(|| VaultError::Internal("the audit chain has no head".into()))?;
+                // The ends themselves: moved to hide records cut from either
+                // end, they no longer match their MAC (none before the first
+                // record is written: then the ends must be the initial ones).
+                if !head_intact(&key, &h) {
+                    let first: Option<i64> = c.select(&sql("SELECT min(id) FROM vault.audit_log")?, Some(1), &[])?.first().get(1)?;
+                    return Ok(Some(first.unwrap_or(h.first_id)));
+                }
                 let mut v = Verifier::new(&key, &h.anchor, h.first_id);
                 let mut after = i64::MIN;
                 let mut last = h.anchor.clone();

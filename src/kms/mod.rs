@@ -315,3 +315,12 @@ pub fn unwrap_audit_key(spec: &KeySpec, key_id: &str, wrapped: &[u8]) -> VaultRe
     counted(p.provider());
     p.unwrap(key_id, wrapped, &audit_binding(), &call()).map_err(|e| named(spec, e))
 }
+
+/// Wraps the audit chain's key again under another registered KMS key (the
+/// one it used is being dropped).
+pub fn wrap_audit_key(spec: &KeySpec, key: &KeyBytes) -> VaultResult<(String, Vec<u8>)> {
+    let p = provider(spec)?;
+    counted(p.provider());
+    let w = p.wrap(key, &audit_binding(), &call()).map_err(|e| named(spec, e))?;
+    Ok((w.key_id, w.wrapped))
+}

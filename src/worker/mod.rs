@@ -248,10 +248,16 @@ impl Worker {
         if writable {
             // Whatever the rotation setting: a subscriber keeps its own log.
             self.step("audit log", |w| w.write_audit());
+            self.log_orphaned_audit();
             let retention = guc::AUDIT_RETENTION_S.get() as i64;
             if retention > 0 && self.last_audit_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 self.last_audit_prune = Some(Instant::now());
-                self.step("audit log retention", |_| txn(|_| audit::writer::prune(retention)).map(|_| ()));
+                self.step("audit log retention", |_| {
+                    use audit::writer::{self, Source};
+                    let Source::Chain(src) = txn(|_| Spi::connect(|c| writer::source(c)))? else { return Ok(()) };
+                    let key = writer::open(&src)?;
+                    txn(|_| writer::prune(&key, retention)).map(|_| ())
+                });
             }
         }
         let sync_every = Duration::from_millis(guc::SYNC_INTERVAL_MS.get().max(10) as u64);
@@ -640,6 +646,23 @@ impl Worker {
         Ok(())
     }
 
+    /// Records queued for a database that no worker serves any more (the
+    /// database or its extension was dropped with records in the queue)
+    /// would hold their entries until a restart: they go to the server log.
+    fn log_orphaned_audit(&mut self) {
+        let before = catalog::now_micros() - 30_000_000;
+        for db in audit::queue::waiting_elsewhere(self.database, before) {
+            if registry::find(db).is_some_and(|s| s.pid.load(Relaxed) > 0) {
+                continue;
+            }
+            let (_, taken) = audit::queue::take(db, usize::MAX);
+            for t in &taken {
+                audit::log_record(&t.fields);
+            }
+            audit::queue::release(&taken.iter().map(|t| t.index).collect::<Vec<_>>());
+        }
+    }
+
     /// Writes this database's queued audit records to the chain, a batch
     /// per transaction. The chain key is opened (a KMS call, made once)
     /// between transactions, never inside one.
@@ -649,12 +672,13 @@ impl Worker {
         audit::queue::untake(self.database);
         for _ in 0..20 {
             let (generation, taken) = audit::queue::take(self.database, writer::BATCH);
-            if taken.is_empty() {
-                return Ok(());
-            }
             let indexes: Vec<usize> = taken.iter().map(|t| t.index).collect();
             let r = (|| {
-                let src = match txn(|_| Spi::connect(|c| writer::source(c)))? {
+                let (src, staged) = txn(|_| Spi::connect(|c| Ok((writer::source(c)?, writer::staged(c)?))))?;
+                if taken.is_empty() && !staged {
+                    return Ok(false);
+                }
+                let src = match src {
                     Source::Chain(s) => s,
                     Source::None(kms_key) => {
                         let (key_id, wrapped) = writer::new_key(&kms_key)?;
@@ -666,17 +690,20 @@ impl Worker {
                     }
                 };
                 let key = writer::open(&src)?;
-                txn(|_| writer::append(&key, self.database, generation, &taken))
+                let n = txn(|_| writer::append(&key, self.database, generation, &taken))?;
+                Ok(n >= writer::BATCH || taken.len() >= writer::BATCH)
             })();
             match r {
-                Ok(_) => audit::queue::release(&indexes),
+                Ok(more) => {
+                    audit::queue::release(&indexes);
+                    if !more {
+                        break;
+                    }
+                }
                 Err(e) => {
                     audit::queue::untake(self.database);
                     return Err(e);
                 }
-            }
-            if taken.len() < writer::BATCH {
-                break;
             }
         }
         Ok(())

@@ -451,6 +451,9 @@ fn the_audit_log_records_how_each_write_denial_and_read_ended() {
     // A committed write.
     ok(&mut su, "SELECT vault.create_secret('stripe/key', 'v')");
     ok(&mut su, "SELECT vault.create_secret('github/key', 'v')");
+    // Refusals name only objects that exist (a name matching nothing may be
+    // a value passed in the wrong argument): github/other exists.
+    ok(&mut su, "SELECT vault.create_secret('github/other', 'v')");
     await_audit(&mut su, "create_secret", "stripe/key", "ok");
     let row = su
         .query_one(
@@ -655,7 +658,8 @@ fn no_audit_record_and_no_log_line_carries_a_secret_value() {
          SELECT vault.grant_access('pay', ARRAY['read','verify'], 'app/*');
          SELECT vault.grant_access('ops', ARRAY['write'], 'ops/*');
          GRANT SELECT ON vault.decrypted_secrets TO pay;
-         GRANT EXECUTE ON FUNCTION vault._open_secret(text, text, uuid, int, bytea) TO pay;",
+         GRANT EXECUTE ON FUNCTION vault._open_secret(text, text, uuid, int, bytea) TO pay;
+         SELECT vault.create_secret('other/key', 'o');",
     );
     let v1 = format!("{SENTINEL}-1");
     let v2 = format!("{SENTINEL}-2");
@@ -672,7 +676,7 @@ fn no_audit_record_and_no_log_line_carries_a_secret_value() {
     // Denied, with the value as an argument: a verify, and a write.
     assert_eq!(verify(&mut pay, "other/key", &v1).unwrap_err().code, "42501");
     let mut ops = connect(&c, "ops");
-    assert_eq!(fails(&mut ops, "SELECT vault.create_secret('other/key', $1)", &[&v1]).code, "42501");
+    assert_eq!(fails(&mut ops, "SELECT vault.create_secret('other/key', $1)", &[&v1]).code, "42501", "denied before it could be a duplicate");
     assert_eq!(fails(&mut ops, "SELECT vault.update_secret('app/key', $1)", &[&v1]).code, "42501");
     ops.execute("SELECT vault.create_secret('ops/key', $1)", &[&v1]).unwrap();
     // Failing, with the value as an argument.
@@ -718,4 +722,112 @@ fn no_audit_record_and_no_log_line_carries_a_secret_value() {
     assert!(audit_lines.is_empty(), "audit records with the value in the server log: {audit_lines:?}");
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("SENTINEL")).collect();
     assert!(lines.is_empty(), "the value reached the server log: {lines:?}");
+}
+
+/// What an adversarial review found, closed: a parallel worker acting for
+/// a locked or address-limited client, SET ROLE for fresh guesses, a write
+/// failing with PostgreSQL's own error (unrecorded, its queue entry
+/// leaked), a locked administrator unlocking itself, a value passed as a
+/// name kept in the log, and records cut from the end of the log hidden by
+/// editing the chain's head.
+#[test]
+fn parallel_workers_set_role_postgres_errors_self_unlock_swapped_names_and_head_edits_are_closed() {
+    let c = Cluster::start_with(
+        "access-review",
+        &["secret_vault.lockout_threshold = 3", "secret_vault.audit_queue_size = 16", "max_parallel_workers_per_gather = 2"],
+    );
+    let mut su = c.client();
+    ok(
+        &mut su,
+        &format!(
+            "CREATE ROLE grp NOLOGIN IN ROLE vault_reader;
+             CREATE ROLE app LOGIN IN ROLE vault_reader, grp;
+             CREATE ROLE remote LOGIN IN ROLE vault_reader;
+             CREATE ROLE ops LOGIN IN ROLE vault_admin;
+             CREATE ROLE wr LOGIN IN ROLE vault_admin;
+             {READER_DEFAULTS};
+             SELECT vault.grant_access(r, ARRAY['read','verify'], 'stripe/*') FROM unnest(ARRAY['app','grp','remote']::regrole[]) r;
+             SELECT vault.create_secret('stripe/key', '{SENTINEL}');
+             SELECT vault.create_secret('github/token', 'x');
+             SELECT vault.set_allowed_addresses('remote', '{{10.9.0.0/16}}');"
+        ),
+    );
+    let parallel = "SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;";
+
+    // An address-limited role gets nothing through a parallel worker either.
+    let mut remote = connect(&c, "remote");
+    assert_eq!(read(&mut remote, "stripe/key").unwrap_err().code, "42501");
+    ok(&mut remote, parallel);
+    let plan: Vec<String> = names(&mut remote, "EXPLAIN (COSTS OFF) SELECT vault.read_secret('stripe/key')");
+    assert!(plan.iter().any(|l| l.contains("Gather")), "runs in a parallel worker: {plan:?}");
+    assert_eq!(read(&mut remote, "stripe/key").unwrap_err().code, "42501", "a parallel worker acts for its leader's address");
+
+    // A value passed as a name is refused and recorded without it.
+    let candidate = "CANDIDATE-PW-0xDEADBEEF";
+    let mut app = connect(&c, "app");
+    assert_eq!(fails(&mut app, "SELECT vault.verify_secret($1, 'stripe/key')", &[&candidate]).code, "42501");
+    // Three failures lock app: that refusal, and two wrong guesses.
+    for _ in 0..2 {
+        assert!(!verify(&mut app, "stripe/key", "wrong").unwrap());
+    }
+    assert_eq!(read(&mut app, "stripe/key").unwrap_err().code, "28000");
+    // Neither a parallel worker nor SET ROLE gives fresh guesses.
+    ok(&mut app, parallel);
+    assert_eq!(verify(&mut app, "stripe/key", SENTINEL).unwrap_err().code, "28000", "parallel worker");
+    ok(&mut app, "RESET force_parallel_mode; SET ROLE grp");
+    assert_eq!(verify(&mut app, "stripe/key", SENTINEL).unwrap_err().code, "28000", "SET ROLE");
+    ok(&mut app, "RESET ROLE");
+
+    // A locked administrator cannot lift its own lock; another can.
+    let mut ops = connect(&c, "ops");
+    for _ in 0..3 {
+        assert!(!verify(&mut ops, "stripe/key", "wrong").unwrap());
+    }
+    assert_eq!(fails(&mut ops, "SELECT vault.unlock('ops')", &[]).code, "42501", "its own lock");
+    let mut wr = connect(&c, "wr");
+    let f = fails(&mut connect(&c, "ops"), "SELECT vault.unlock('ops'::regrole, '10.0.0.1')", &[]);
+    assert!(f.code == "42501" || f.code == "28000", "{f:?}");
+    let n: i32 = wr.query_one("SELECT vault.unlock('ops')", &[]).unwrap().get(0);
+    assert_eq!(n, 1);
+    assert_eq!(fails(&mut ops, "SELECT vault.unlock('ops')", &[]).code, "42501", "not its own, even unlocked");
+
+    // PostgreSQL's own errors inside a write (a lock timeout) are recorded
+    // with their SQLSTATE, and leave no queue entry behind: with a 16-entry
+    // queue, 30 of them in one session and then a write still work.
+    let mut holder = c.client();
+    holder.batch_execute("BEGIN; SELECT vault.update_secret('github/token', 'y');").unwrap();
+    ok(&mut wr, "SET lock_timeout = '50ms'");
+    for _ in 0..30 {
+        assert_eq!(fails(&mut wr, "SELECT vault.delete_secret('github/token')", &[]).code, "55P03");
+    }
+    holder.batch_execute("ROLLBACK").unwrap();
+    ok(&mut wr, "RESET lock_timeout; SELECT vault.create_secret('stripe/new', 'n')");
+    await_audit(&mut su, "create_secret", "stripe/new", "ok");
+    let timeouts = count(
+        &mut su,
+        "SELECT count(*) FROM vault.audit_log WHERE action = 'delete_secret' AND outcome = 'error' AND sqlstate = '55P03'",
+        &[],
+    );
+    assert!(timeouts >= 14, "lock timeouts recorded (a full 16-entry queue sends the rest to the server log): {timeouts}");
+
+    // The refusal with the swapped arguments names no object.
+    await_audit(&mut su, "verify_secret", "stripe/key", "locked out");
+    assert_eq!(count(&mut su, "SELECT count(*) FROM vault.audit_log a WHERE a::text LIKE '%' || $1 || '%'", &[&candidate]), 0);
+    assert!(!c.log().lines().any(|l| l.contains(candidate)), "nor the server log");
+    assert!(count(&mut su, "SELECT count(*) FROM vault.audit_log WHERE action = 'verify_secret' AND object IS NULL AND outcome = 'denied'", &[]) >= 1);
+
+    // Cutting the newest records and editing the head to match is seen.
+    assert_eq!(verify_audit(&mut su), None);
+    let last: i64 = su.query_one("SELECT max(id) FROM vault.audit_log", &[]).unwrap().get(0);
+    ok(
+        &mut su,
+        &format!(
+            "BEGIN;
+             UPDATE vault.audit_chain SET last_id = {k}, last_mac = (SELECT mac FROM vault.audit_log WHERE id = {k});
+             DELETE FROM vault.audit_log WHERE id > {k};
+             COMMIT;",
+            k = last - 3
+        ),
+    );
+    assert!(verify_audit(&mut su).is_some(), "a moved head does not match its MAC");
 }

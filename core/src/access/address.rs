@@ -75,6 +75,9 @@ pub enum Client {
     /// A Unix-socket connection, or a process with no client (a background
     /// worker such as pg_cron's).
     Local,
+    /// Not known (a parallel worker whose leader could not be found):
+    /// matches no allowlist.
+    Unknown,
 }
 
 /// How Unix-socket connections count against an allowlist
@@ -93,6 +96,7 @@ pub enum LocalPolicy {
 pub fn allowed(list: &[Cidr], client: Client, local: LocalPolicy) -> bool {
     match client {
         Client::Ip(ip) => list.iter().any(|c| c.contains(ip)),
+        Client::Unknown => false,
         Client::Local => match local {
             LocalPolicy::Allow => true,
             LocalPolicy::Deny => false,
@@ -149,5 +153,6 @@ mod tests {
         assert!(allowed(&other, Client::Local, LocalPolicy::Allow));
         assert!(!allowed(&lo, Client::Local, LocalPolicy::Deny));
         assert!(!allowed(&[], Client::Ip(ip("127.0.0.1")), LocalPolicy::Allow));
+        assert!(!allowed(&lo, Client::Unknown, LocalPolicy::Allow), "an unknown client fails closed");
     }
 }
