@@ -495,7 +495,10 @@ unsafe fn replace(cx: pg_sys::MemoryContext, field: &mut *mut c_char, r: &Rewrit
 /// Redacts one message in place; see the module comment.
 unsafe fn redact_error(e: &mut pg_sys::ErrorData) {
     if AUDIT_LINE.get() {
+        // The line itself is written as built; what PostgreSQL attaches
+        // (the statement, a CONTEXT quoting bind parameters) is not.
         e.hide_stmt = true;
+        e.context = std::ptr::null_mut();
         return;
     }
     let query = unsafe { text(pg_sys::debug_query_string) };

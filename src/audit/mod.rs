@@ -231,7 +231,7 @@ pub fn read_ok(action: &str, object: &str) -> VaultResult<()> {
 /// SQLSTATE as the error is raised.
 pub fn read_failed(action: &str, object: &str, sqlstate: &str) {
     if guc::AUDIT_READS.get() {
-        refused_as(action, Some(object), outcome_of(sqlstate), sqlstate);
+        refused_as(action, access::recordable(Some(object)), outcome_of(sqlstate), sqlstate);
     }
 }
 
@@ -242,8 +242,13 @@ pub fn read_failed(action: &str, object: &str, sqlstate: &str) {
 /// SQLSTATE before the error goes on.
 pub fn write<T>(action: &'static str, object: Option<&str>, f: impl FnOnce() -> VaultResult<T>) -> T {
     let record = fields(action, object, "", None);
-    let failed = |code: &str| {
+    // A failed call's object is kept only when it names a group or secret
+    // that exists: a name that matches nothing may be a value passed in the
+    // wrong argument. After PostgreSQL's own error nothing may be queried,
+    // so none is kept then.
+    let failed = |code: &str, may_query: bool| {
         let mut r = record.clone();
+        r.object = if may_query { access::recordable(object).map(str::to_string) } else { None };
         r.outcome = outcome_of(code).to_string();
         r.sqlstate = Some(code.to_string());
         r.at = catalog::now_micros();
@@ -256,7 +261,7 @@ pub fn write<T>(action: &'static str, object: Option<&str>, f: impl FnOnce() -> 
                 | pg_sys::panic::CaughtError::ErrorReport(r)
                 | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => crate::error::sqlstate(r.sql_error_code()),
             };
-            failed(&code);
+            failed(&code, false);
             e.rethrow()
         })
         .execute();
@@ -280,7 +285,7 @@ pub fn write<T>(action: &'static str, object: Option<&str>, f: impl FnOnce() -> 
             });
             v
         }
-        Err(e) => e.raise_recorded(failed),
+        Err(e) => e.raise_recorded(|code| failed(code, true)),
     }
 }
 
