@@ -62,6 +62,10 @@ max_parallel_workers_per_gather = 2
 max_worker_processes = 16
 fsync = off
 synchronous_commit = off
+# The worker asks each KMS key for its current material every
+# rewrap_check_interval (a KMS call by design, off the hot path): kept out
+# of this run so the count below shows the hot path alone.
+secret_vault.rewrap_check_interval = '1h'
 """)
         as_pg(f"{PGBIN}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w", "start")
 
@@ -123,6 +127,12 @@ def run(c):
     # warm: every backend reads the shared cache the first backend filled
     c.psql("SELECT vault.current('bench/sign'), vault.resolve('bench/sign', 1)")
     c.psql(f"SELECT vault.decrypt('bench/col', '{vault_ct}'::bytea)")
+    # The audit chain's key is made (and opened) by the worker when it
+    # writes the first records: once, before the count starts.
+    for _ in range(100):
+        if c.psql("SELECT count(*) FROM vault.audit_log") != "0":
+            break
+        time.sleep(0.1)
     kms0 = int(c.psql("SELECT kms_calls FROM vault.stats()"))
     misses0 = int(c.psql("SELECT cache_misses FROM vault.stats()"))
 

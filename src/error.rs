@@ -47,8 +47,6 @@ pub enum VaultError {
     LockedOut { role: String, seconds: i64 },
     /// The audit queue stayed full: the action is refused, not left unrecorded.
     AuditQueueFull,
-    /// A name the extension keeps for itself (the audit log's key group).
-    Reserved(&'static str),
     NotInstalled,
     SchemaVersion { installed: String, library: &'static str },
     /// A PostgreSQL error caught where a process must survive it (the worker).
@@ -244,11 +242,6 @@ impl VaultError {
                 ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                 "the audit queue is full: the action was refused rather than left unrecorded".into(),
                 Some("The database's vault worker drains the queue into vault.audit_log: check vault.workers, or raise secret_vault.audit_queue_size.".into()),
-            ),
-            VaultError::Reserved(what) => (
-                ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!("{what} is reserved for the extension"),
-                None,
             ),
             VaultError::NotInstalled => (
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -28,10 +28,6 @@ use secret_vault_core::access::{self as rules, Privilege, Privileges};
 use crate::error::{VaultError, VaultResult};
 use crate::{audit, coherence, guc, identity, shmem};
 
-/// The key group whose key seals the audit chain: no SQL call may use,
-/// rotate or drop it.
-pub const AUDIT_GROUP: &str = "vault/audit";
-
 /// Coherence key of the rules: the transaction that changes them reads
 /// them fresh until it ends.
 pub(crate) const RULES_DIRTY: &str = "access\u{0}rules";
@@ -209,21 +205,26 @@ pub fn session_role_name() -> String {
 /// `action`. Every SQL entry point that names a group, secret or
 /// credential calls this first.
 pub fn check(action: &'static str, privilege: Privilege, name: &str) -> VaultResult<()> {
+    guard(action, name, privilege.as_str(), |p| p.has(privilege))
+}
+
+/// Refuses (as `check` does) a caller who holds no privilege at all on
+/// `name`: metadata of a single object (`vault.secret_versions`).
+pub fn check_visible(action: &'static str, name: &str) -> VaultResult<()> {
+    guard(action, name, "see", |p| p.any())
+}
+
+fn guard(action: &'static str, name: &str, label: &'static str, enough: impl Fn(Privileges) -> bool) -> VaultResult<()> {
     let c = caller()?;
-    if name == AUDIT_GROUP {
-        let e = VaultError::Reserved("key group \"vault/audit\" (the audit log's key)");
-        audit::refused(action, Some(name), "42501");
-        return Err(e);
-    }
     if c.exempt {
         return Ok(());
     }
     lockout::refuse_if_locked(action, Some(name), c.session)?;
     let d = decide(&c, name)?;
-    if d.privileges.has(privilege) {
+    if enough(d.privileges) {
         return Ok(());
     }
-    refuse(action, Some(name), &c, privilege.as_str(), d.address_refused)
+    refuse(action, Some(name), &c, label, d.address_refused)
 }
 
 /// Whether the caller holds any privilege on `name` (the metadata views
@@ -231,9 +232,6 @@ pub fn check(action: &'static str, privilege: Privilege, name: &str) -> VaultRes
 /// recorded: listing is not an attempt.
 pub fn visible(name: &str) -> VaultResult<bool> {
     let c = caller()?;
-    if name == AUDIT_GROUP {
-        return Ok(c.exempt);
-    }
     if c.exempt {
         return Ok(true);
     }
@@ -244,9 +242,6 @@ pub fn visible(name: &str) -> VaultResult<bool> {
 /// recording a refusal (rows of `vault.decrypted_secrets`).
 pub fn holds(privilege: Privilege, name: &str) -> VaultResult<bool> {
     let c = caller()?;
-    if name == AUDIT_GROUP {
-        return Ok(false);
-    }
     Ok(c.exempt || decide(&c, name)?.privileges.has(privilege))
 }
 
@@ -471,23 +466,4 @@ pub fn read<T>(action: &'static str, privilege: Privilege, name: &str, f: impl F
         Ok(v) => v,
         Err(e) => e.raise_recorded(|code| audit::read_failed(action, name, code)),
     }
-}
-
-/// Refuses (as `check` does) a caller who holds no privilege at all on
-/// `name`: metadata of a single object (`vault.secret_versions`).
-pub fn check_visible(action: &'static str, name: &str) -> VaultResult<()> {
-    let c = caller()?;
-    if c.exempt && name != AUDIT_GROUP {
-        return Ok(());
-    }
-    if name == AUDIT_GROUP {
-        audit::refused(action, Some(name), "42501");
-        return Err(VaultError::Reserved("key group \"vault/audit\" (the audit log's key)"));
-    }
-    lockout::refuse_if_locked(action, Some(name), c.session)?;
-    let d = decide(&c, name)?;
-    if d.privileges.any() {
-        return Ok(());
-    }
-    refuse(action, Some(name), &c, "see", d.address_refused)
 }

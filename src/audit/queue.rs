@@ -18,9 +18,8 @@ use crate::guc;
 const NAME: &CStr = c"secret_vault audit queue";
 
 const FREE: u8 = 0;
-const RESERVED: u8 = 1;
-const FILLED: u8 = 2;
-const TAKEN: u8 = 3;
+const FILLED: u8 = 1;
+const TAKEN: u8 = 2;
 
 /// One record's fields, as the backend captured them.
 #[derive(Debug, Clone, Default)]
@@ -66,7 +65,6 @@ struct Entry {
     has_client: bool,
     has_object: bool,
     has_sqlstate: bool,
-    pid: i32,
     database: u32,
     seq: u64,
     at: i64,
@@ -154,13 +152,11 @@ pub fn fill_ratio() -> f64 {
     }
 }
 
-fn reserve_in(h: &mut Header, entries: &mut [Entry]) -> Option<usize> {
+fn claim_free(h: &mut Header, entries: &mut [Entry]) -> Option<usize> {
     let n = entries.len();
     for k in 0..n {
         let i = (h.cursor as usize + k) % n;
         if entries[i].state == FREE {
-            entries[i].state = RESERVED;
-            entries[i].pid = unsafe { pg_sys::MyProcPid };
             h.cursor = ((i + 1) % n) as u32;
             h.used.fetch_add(1, Relaxed);
             return Some(i);
@@ -191,7 +187,7 @@ fn fill_in(h: &mut Header, e: &mut Entry, f: &Fields) {
 
 /// Queues a finished record; false when the queue is full.
 pub fn push(f: &Fields) -> bool {
-    locked(|h, entries| match reserve_in(h, entries) {
+    locked(|h, entries| match claim_free(h, entries) {
         Some(i) => {
             fill_in(h, &mut entries[i], f);
             true
@@ -209,19 +205,9 @@ pub struct Taken {
 }
 
 /// Takes up to `max` filled records of `database`, oldest first, and
-/// the queue's generation. Entries reserved by a process that is gone
-/// (it could not reach its commit or abort) are filled as "unknown" first.
+/// the queue's generation.
 pub fn take(database: u32, max: usize) -> (u64, Vec<Taken>) {
     locked(|h, entries| {
-        for i in 0..entries.len() {
-            let e = entries[i];
-            if e.state == RESERVED && e.pid > 0 && unsafe { libc::kill(e.pid, 0) } != 0 {
-                // Its database is unknown: the entry was never filled. It
-                // is freed; the process's transaction did not commit.
-                entries[i].state = FREE;
-                h.used.fetch_sub(1, Relaxed);
-            }
-        }
         let mut mine: Vec<usize> = (0..entries.len()).filter(|i| entries[*i].state == FILLED && entries[*i].database == database).collect();
         mine.sort_by_key(|i| entries[*i].seq);
         mine.truncate(max);
