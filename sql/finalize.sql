@@ -192,8 +192,9 @@ REVOKE ALL ON FUNCTION vault.worker_item_failures() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vault.worker_item_failures() TO vault_admin;
 GRANT SELECT ON vault.worker_failures TO vault_admin;
 
--- SECURITY DEFINER functions run as vault_owner, never as the superuser who
--- ran CREATE EXTENSION.
+-- None is SECURITY DEFINER since 0.2.0 (they check the caller's access
+-- rules, then switch to vault_owner themselves); should one ever be, it runs
+-- as vault_owner, never as the superuser who ran CREATE EXTENSION.
 DO $owners$
 DECLARE f regprocedure;
 BEGIN

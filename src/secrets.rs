@@ -5,7 +5,8 @@
 //! valid while the shared invalidation epoch is unchanged; ring keys come
 //! from the shared cache. So a warm read costs no SPI and no KMS call, and
 //! the plaintext exists only for the duration of the call.
-//! Writes are SECURITY DEFINER with a pinned search_path.
+//! Writes are SECURITY INVOKER with a pinned search_path: they check the
+//! caller's access rules, then write as the tables' owner (`access::write`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
