@@ -127,7 +127,8 @@ pub fn refuse_if_locked(action: &'static str, object: Option<&str>, user: pg_sys
 }
 
 /// Counts a failure of the caller; the one that reaches the threshold
-/// locks the pair and is recorded as a lockout.
+/// locks the pair and is recorded as a lockout, under `object` as the
+/// caller already filtered it (`access::recordable`).
 pub fn failure(action: &'static str, object: Option<&str>, user: pg_sys::Oid) {
     let p = policy();
     if p.threshold == 0 {
@@ -138,7 +139,7 @@ pub fn failure(action: &'static str, object: Option<&str>, user: pg_sys::Oid) {
     let locked = with(pg_sys::LWLockMode::LW_EXCLUSIVE, |t| lockout::record_failure(t, user.to_u32(), local, &addr, now, &p)).flatten();
     if locked.is_some() {
         bump();
-        audit::refused_as(action, super::recordable(object), "locked out", "28000");
+        audit::refused_as(action, object, "locked out", "28000");
     }
 }
 

@@ -277,7 +277,8 @@ pub(crate) fn recordable(object: Option<&str>) -> Option<&str> {
     known.unwrap_or(false).then_some(name)
 }
 
-/// A failed verification: counted toward the lockout like a denial.
+/// A failed verification (of a secret that exists, so its name may be
+/// recorded): counted toward the lockout like a denial.
 pub fn failed_verification(action: &'static str, name: &str) {
     if let Ok(c) = caller() {
         if !c.exempt {

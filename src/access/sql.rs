@@ -56,37 +56,7 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalo
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"#
 )]
 fn grant_access(role: Option<pg_sys::Oid>, privileges: Option<Vec<Option<String>>>, pattern: Option<&str>) {
-    let object = pattern.map(str::to_string);
-    audit::write("grant_access", object.as_deref(), || {
-        require_superuser("change access rules")?;
-        crate::error::require_writable("change access rules")?;
-        let (_, role) = role_arg(role)?;
-        let privileges = privileges_arg(privileges)?;
-        let pattern = Pattern::parse(required(pattern, "pattern")?)?;
-        identity::as_owner_write(|_| {
-            Spi::connect_mut(|c| {
-                for p in &privileges {
-                    c.update(
-                        &sql("INSERT INTO vault.access_grants (role, privilege, pattern) VALUES ($1, $2, $3)
-                              ON CONFLICT DO NOTHING")?,
-                        None,
-                        &[role.as_str().into(), p.as_str().into(), pattern.as_str().into()],
-                    )?;
-                    if is_default(&role, pattern.as_str(), *p) {
-                        c.update(
-                            &sql("DELETE FROM vault.access_defaults_revoked WHERE role OPERATOR(pg_catalog.=) $1
-                                     AND privilege OPERATOR(pg_catalog.=) $2")?,
-                            None,
-                            &[role.as_str().into(), p.as_str().into()],
-                        )?;
-                    }
-                }
-                Ok(())
-            })
-        })?;
-        note_rules_changed();
-        Ok(())
-    })
+    change_rules("grant_access", role, privileges, pattern, true)
 }
 
 /// Takes back what `grant_access` gave (also the default rules: the
@@ -100,29 +70,48 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalo
 AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"#
 )]
 fn revoke_access(role: Option<pg_sys::Oid>, privileges: Option<Vec<Option<String>>>, pattern: Option<&str>) {
-    let object = pattern.map(str::to_string);
-    audit::write("revoke_access", object.as_deref(), || {
+    change_rules("revoke_access", role, privileges, pattern, false)
+}
+
+/// Adds (`grant`) or removes rules of `role`. A granted pattern must parse;
+/// a revoked one is taken as stored, so a row edited by hand can still go.
+/// A default rule is granted by forgetting its revocation and revoked by
+/// recording one (defaults are not rows: see vault.access_rules).
+fn change_rules(
+    action: &'static str,
+    role: Option<pg_sys::Oid>,
+    privileges: Option<Vec<Option<String>>>,
+    pattern: Option<&str>,
+    grant: bool,
+) {
+    audit::write(action, pattern, || {
         require_superuser("change access rules")?;
         crate::error::require_writable("change access rules")?;
         let (_, role) = role_arg(role)?;
         let privileges = privileges_arg(privileges)?;
         let pattern = required(pattern, "pattern")?;
+        if grant {
+            Pattern::parse(pattern)?;
+        }
+        let (rule_sql, default_sql) = if grant {
+            (
+                "INSERT INTO vault.access_grants (role, privilege, pattern) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                "DELETE FROM vault.access_defaults_revoked WHERE role OPERATOR(pg_catalog.=) $1
+                    AND privilege OPERATOR(pg_catalog.=) $2",
+            )
+        } else {
+            (
+                "DELETE FROM vault.access_grants WHERE role OPERATOR(pg_catalog.=) $1
+                    AND privilege OPERATOR(pg_catalog.=) $2 AND pattern OPERATOR(pg_catalog.=) $3",
+                "INSERT INTO vault.access_defaults_revoked (role, privilege) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+        };
         identity::as_owner_write(|_| {
             Spi::connect_mut(|c| {
                 for p in &privileges {
-                    c.update(
-                        &sql("DELETE FROM vault.access_grants WHERE role OPERATOR(pg_catalog.=) $1
-                                 AND privilege OPERATOR(pg_catalog.=) $2 AND pattern OPERATOR(pg_catalog.=) $3")?,
-                        None,
-                        &[role.as_str().into(), p.as_str().into(), pattern.into()],
-                    )?;
+                    c.update(&sql(rule_sql)?, None, &[role.as_str().into(), p.as_str().into(), pattern.into()])?;
                     if is_default(&role, pattern, *p) {
-                        c.update(
-                            &sql("INSERT INTO vault.access_defaults_revoked (role, privilege) VALUES ($1, $2)
-                                  ON CONFLICT DO NOTHING")?,
-                            None,
-                            &[role.as_str().into(), p.as_str().into()],
-                        )?;
+                        c.update(&sql(default_sql)?, None, &[role.as_str().into(), p.as_str().into()])?;
                     }
                 }
                 Ok(())
@@ -148,11 +137,10 @@ AS $$ SELECT vault._set_allowed_addresses($1::pg_catalog.oid, $2::pg_catalog.tex
     requires = [grant_access]
 )]
 fn set_allowed_addresses_impl(role: Option<pg_sys::Oid>, addresses: Option<Vec<Option<String>>>) {
-    let (oid, name) = role_arg(role).or_raise();
+    let (_, name) = role_arg(role).or_raise();
     audit::write("set_allowed_addresses", Some(&name), || {
         require_superuser("set allowed addresses")?;
         crate::error::require_writable("set allowed addresses")?;
-        let _ = oid;
         let list = addresses.unwrap_or_default();
         let mut ranges = Vec::with_capacity(list.len());
         for a in list {
