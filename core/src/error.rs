@@ -74,3 +74,28 @@ pub enum PolicyError {
     #[error("{0}")]
     Invalid(String),
 }
+
+/// Why minting a credential failed. Messages name the upstream and the
+/// cause, never a token, a signature or key material: they reach
+/// `vault.credentials.last_error` and the server log.
+#[derive(Debug, Error)]
+pub enum MintError {
+    /// A config or a referenced secret that cannot work (wrong key format,
+    /// a missing field); retrying will not help until it is changed.
+    #[error("{0}")]
+    Config(String),
+    /// The upstream answered and refused (401, 403, 404, 422...).
+    #[error("{upstream} refused the request (HTTP {status}): {message}")]
+    Refused { upstream: &'static str, status: u16, message: String },
+    /// No usable answer: a 5xx, throttling, a timeout, a refused connection.
+    #[error("{upstream} unavailable: {message}")]
+    Unavailable { upstream: &'static str, message: String },
+    /// An answer we cannot use (no token, no expiry, already expired).
+    #[error("{upstream} answered with something unusable: {message}")]
+    BadAnswer { upstream: &'static str, message: String },
+    /// The signing credentials could not be found or used.
+    #[error("signing credentials: {0}")]
+    Signing(String),
+    #[error("minting interrupted")]
+    Interrupted,
+}

@@ -11,6 +11,7 @@ pub mod access;
 pub mod aead;
 pub mod audit;
 pub mod cache;
+pub mod credentials;
 pub mod error;
 pub mod format;
 pub mod keys;
@@ -20,5 +21,5 @@ pub mod redact;
 pub mod secret;
 pub mod secure;
 
-pub use error::{CryptoError, KmsError, PolicyError};
+pub use error::{CryptoError, KmsError, MintError, PolicyError};
 pub use keys::KeyBytes;

@@ -112,7 +112,7 @@ pub fn check_config(config: &serde_json::Value) -> Result<(), KmsError> {
 }
 
 /// AWS's domain for a region (China's partition has its own).
-fn dns_suffix(region: &str) -> &'static str {
+pub(crate) fn dns_suffix(region: &str) -> &'static str {
     if region.starts_with("cn-") {
         "amazonaws.com.cn"
     } else {
@@ -120,7 +120,7 @@ fn dns_suffix(region: &str) -> &'static str {
     }
 }
 
-fn endpoint_url(url: &str, what: &str) -> Result<String, KmsError> {
+pub(crate) fn endpoint_url(url: &str, what: &str) -> Result<String, KmsError> {
     let parsed = http::check_url(url, what)?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(KmsError::Config(format!("{what} \"{url}\" must not have a query or fragment")));
@@ -128,7 +128,7 @@ fn endpoint_url(url: &str, what: &str) -> Result<String, KmsError> {
     Ok(parsed.to_string())
 }
 
-fn check_region(region: &str) -> Result<(), KmsError> {
+pub(crate) fn check_region(region: &str) -> Result<(), KmsError> {
     // It becomes part of a host name: letters, digits and dashes only.
     let ok = !region.is_empty()
         && region.len() <= 64
