@@ -11,6 +11,7 @@ pub type GroupId = [u8; 16];
 
 const DATA_LABEL: &[u8] = b"secret_vault/data/v1";
 const SECRET_LABEL: &[u8] = b"secret_vault/secret-value/v2";
+const CREDENTIAL_LABEL: &[u8] = b"secret_vault/minted-credential/v1";
 const RING_KEY_LABEL: &[u8] = b"secret_vault/ring-key/v1";
 const RING_KEY_V2_LABEL: &[u8] = b"secret_vault/ring-key/v2";
 
@@ -72,6 +73,19 @@ pub fn secret_value(header: &[u8], group: &GroupId, secret: &[u8; 16], version: 
     push_field(&mut out, group);
     push_field(&mut out, secret);
     push_field(&mut out, &version.to_be_bytes());
+    out
+}
+
+/// AAD for a minted credential's sealed token: its own domain, the header,
+/// the sealing group, the credential's id and the mint's generation, so a
+/// token copied to another credential, or an older mint put back, does not open.
+pub fn credential_value(header: &[u8], group: &GroupId, credential: &[u8; 16], generation: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CREDENTIAL_LABEL.len() + header.len() + 80);
+    push_field(&mut out, CREDENTIAL_LABEL);
+    push_field(&mut out, header);
+    push_field(&mut out, group);
+    push_field(&mut out, credential);
+    push_field(&mut out, &generation.to_be_bytes());
     out
 }
 

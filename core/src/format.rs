@@ -22,6 +22,8 @@ use zeroize::Zeroizing;
 pub const FORMAT_V1: u8 = 0x01;
 /// A secret's value (0.2.0): its own AAD domain, see `aad::secret_value`.
 pub const FORMAT_SECRET: u8 = 0x02;
+/// A minted credential's sealed token: see `aad::credential_value`.
+pub const FORMAT_CREDENTIAL: u8 = 0x03;
 pub const HEADER_LEN: usize = 6;
 
 /// What a ciphertext is bound to besides its group and key version.
@@ -31,6 +33,8 @@ pub enum Binding<'a> {
     Data(&'a [u8]),
     /// Version `version` of secret `id`.
     Secret { id: &'a [u8; 16], version: u32 },
+    /// Mint `generation` of minted credential `id`.
+    Credential { id: &'a [u8; 16], generation: u64 },
 }
 
 /// A ciphertext split into its fields, borrowing from the input.
@@ -47,7 +51,7 @@ pub struct Parsed<'a> {
 /// Splits `bytes` into fields; rejects every malformed input with a typed error.
 pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, CryptoError> {
     let (&format, _) = bytes.split_first().ok_or(CryptoError::Empty)?;
-    if format != FORMAT_V1 && format != FORMAT_SECRET {
+    if format != FORMAT_V1 && format != FORMAT_SECRET && format != FORMAT_CREDENTIAL {
         return Err(CryptoError::UnknownFormat(format));
     }
     if bytes.len() < 2 {
@@ -100,7 +104,8 @@ fn with_aad<R>(
         }
         (FORMAT_V1, Binding::Secret { id, version }) => f(&aad::data(header, group, &aad::legacy_secret_context(id, version))),
         (FORMAT_SECRET, Binding::Secret { id, version }) => f(&aad::secret_value(header, group, id, version)),
-        (FORMAT_SECRET, Binding::Data(_)) => Err(CryptoError::WrongDomain),
+        (FORMAT_CREDENTIAL, Binding::Credential { id, generation }) => f(&aad::credential_value(header, group, id, generation)),
+        (FORMAT_SECRET | FORMAT_CREDENTIAL, _) | (FORMAT_V1, Binding::Credential { .. }) => Err(CryptoError::WrongDomain),
         (other, _) => Err(CryptoError::UnknownFormat(other)),
     }
 }
@@ -160,6 +165,7 @@ pub fn encrypt_into(
     let format = match binding {
         Binding::Data(_) => FORMAT_V1,
         Binding::Secret { .. } => FORMAT_SECRET,
+        Binding::Credential { .. } => FORMAT_CREDENTIAL,
     };
     let header = header(format, algorithm, key_version);
     let nl = algorithm.nonce_len();
@@ -248,7 +254,7 @@ mod tests {
     #[test]
     fn parse_rejects_each_malformed_shape_with_its_own_error() {
         assert_eq!(parse(&[]), Err(CryptoError::Empty));
-        assert_eq!(parse(&[0x03, 1, 0, 0, 0, 1]), Err(CryptoError::UnknownFormat(3)));
+        assert_eq!(parse(&[0x04, 1, 0, 0, 0, 1]), Err(CryptoError::UnknownFormat(4)));
         assert_eq!(parse(&[FORMAT_V1]), Err(CryptoError::Truncated { minimum: 6, actual: 1 }));
         assert_eq!(parse(&[FORMAT_V1, 9, 0, 0, 0, 1]), Err(CryptoError::UnknownAlgorithm(9)));
         assert_eq!(
@@ -279,6 +285,29 @@ mod tests {
             encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, Binding::Data(b""), b"x"),
             Err(CryptoError::KeyLength { .. })
         ));
+    }
+
+    #[test]
+    fn credential_tokens_open_only_as_their_own_mint() {
+        let key = KeyBytes::random(32);
+        let (id, other) = ([4u8; 16], [5u8; 16]);
+        let cred = Binding::Credential { id: &id, generation: 7 };
+        let ct = encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, cred, b"ghs_token").unwrap();
+        assert_eq!(ct[0], FORMAT_CREDENTIAL);
+        let p = parse(&ct).unwrap();
+        assert_eq!(&decrypt(&p, key.as_bytes(), &G1, cred).unwrap()[..], b"ghs_token");
+        for wrong in [
+            Binding::Credential { id: &id, generation: 6 },
+            Binding::Credential { id: &other, generation: 7 },
+        ] {
+            assert_eq!(decrypt(&p, key.as_bytes(), &G1, wrong), Err(CryptoError::AuthenticationFailed));
+        }
+        for domain in [Binding::Secret { id: &id, version: 7 }, Binding::Data(b"")] {
+            assert_eq!(decrypt(&p, key.as_bytes(), &G1, domain), Err(CryptoError::WrongDomain));
+        }
+        // A secret's value cannot be passed off as a credential's token.
+        let s = encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, Binding::Secret { id: &id, version: 7 }, b"v").unwrap();
+        assert_eq!(decrypt(&parse(&s).unwrap(), key.as_bytes(), &G1, cred), Err(CryptoError::WrongDomain));
     }
 
     #[test]

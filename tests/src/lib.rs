@@ -12,6 +12,7 @@ pub use postgres::{Client, NoTls};
 pub mod peers;
 pub mod proxy;
 pub mod relay;
+pub mod standins;
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
