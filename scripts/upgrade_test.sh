@@ -297,8 +297,8 @@ check "vault.current still serves the 0.1.0 key (the new one is pending for 30s)
        FROM vault.current('up/export') k, public.old_key o"
 
 # Ownership and grants.
-check "tables, sequence and views owned by vault_owner (23 relations)" upgraded \
-    "SELECT count(*) = 23 AND bool_and(pg_catalog.pg_get_userbyid(relowner) = 'vault_owner')
+check "tables, sequence and views owned by vault_owner (25 relations)" upgraded \
+    "SELECT count(*) = 25 AND bool_and(pg_catalog.pg_get_userbyid(relowner) = 'vault_owner')
        FROM pg_catalog.pg_class WHERE relnamespace = 'vault'::pg_catalog.regnamespace AND relkind IN ('r', 'S', 'v')"
 check "no function is SECURITY DEFINER or owned by vault_owner (they switch after their checks)" upgraded \
     "SELECT NOT bool_or(prosecdef) AND NOT bool_or(pg_catalog.pg_get_userbyid(proowner) = 'vault_owner')

@@ -240,6 +240,36 @@ SELECT pg_catalog.pg_extension_config_dump('vault.secret_store', '');
 SELECT pg_catalog.pg_extension_config_dump('vault.secret_values', '');
 
 
+-- Minted credentials (docs/credentials.md): short-lived upstream tokens the
+-- worker mints before they expire. The config names no secret, only vault
+-- secrets to read when minting. The latest token is sealed (format 0x03)
+-- under a ring key of key_group_id, bound to (id, generation); the sealed
+-- bytes carry the expiry, so expires_at here is for display and scheduling
+-- only. On a standby or subscriber the row arrives by replication and is
+-- served as it is; only a writable node with rotation on mints.
+CREATE TABLE vault.credential_store (
+    name             text PRIMARY KEY,
+    id               uuid NOT NULL,
+    provider         text NOT NULL,
+    config           jsonb NOT NULL,
+    refresh_before   interval NOT NULL,
+    key_group_id     uuid NOT NULL,
+    created_at       timestamptz NOT NULL,
+    generation       bigint NOT NULL DEFAULT 0,
+    ciphertext       bytea,
+    minted_at        timestamptz,
+    expires_at       timestamptz,
+    next_refresh_at  timestamptz NOT NULL,
+    failures         int NOT NULL DEFAULT 0,
+    last_error       text,
+    last_error_at    timestamptz,
+    CONSTRAINT credential_store_id_key UNIQUE (id),
+    CONSTRAINT credential_store_key_group_fkey FOREIGN KEY (key_group_id) REFERENCES vault.key_groups (id)
+);
+CREATE INDEX credential_store_due ON vault.credential_store (next_refresh_at);
+CREATE INDEX credential_store_key_group ON vault.credential_store (key_group_id);
+SELECT pg_catalog.pg_extension_config_dump('vault.credential_store', '');
+
 -- Access rules (docs/access.md): privileges of roles on name patterns.
 -- Roles are kept by name, as pg_hba.conf and a dump's GRANTs are, so rules
 -- survive a dump into another cluster; a rule whose role does not exist
@@ -342,6 +372,7 @@ ALTER TABLE vault.rewrap_state OWNER TO vault_owner;
 ALTER VIEW vault.rewrap_status OWNER TO vault_owner;
 ALTER TABLE vault.secret_store OWNER TO vault_owner;
 ALTER TABLE vault.secret_values OWNER TO vault_owner;
+ALTER TABLE vault.credential_store OWNER TO vault_owner;
 ALTER SEQUENCE vault.change_seq OWNER TO vault_owner;
 ALTER TABLE vault.access_grants OWNER TO vault_owner;
 ALTER TABLE vault.access_defaults_revoked OWNER TO vault_owner;

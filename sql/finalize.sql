@@ -59,6 +59,24 @@ SELECT s.id,
  WHERE vault._visible(s.name);
 ALTER VIEW vault.secrets OWNER TO vault_owner;
 
+-- Minted credentials: metadata and the state of refreshing, never a token.
+CREATE VIEW vault.credentials WITH (security_barrier) AS
+SELECT c.id,
+       c.name,
+       c.provider,
+       c.config,
+       c.refresh_before,
+       c.created_at,
+       c.minted_at,
+       c.expires_at,
+       c.next_refresh_at,
+       c.failures,
+       c.last_error,
+       c.last_error_at
+  FROM vault.credential_store c
+ WHERE vault._visible(c.name);
+ALTER VIEW vault.credentials OWNER TO vault_owner;
+
 -- The views over functions (they can only be made once the functions exist).
 -- Current values. Granted to no one: to let a role list every value,
 -- GRANT SELECT on it and EXECUTE on vault._open_secret (which refuses any
@@ -181,6 +199,13 @@ GRANT EXECUTE ON FUNCTION
   TO vault_admin;
 
 GRANT SELECT ON vault.secrets TO vault_reader, vault_admin;
+
+GRANT EXECUTE ON FUNCTION vault.credential(text) TO vault_reader;
+GRANT EXECUTE ON FUNCTION
+    vault.create_credential(text, text, jsonb, interval),
+    vault.drop_credential(text)
+  TO vault_admin;
+GRANT SELECT ON vault.credentials TO vault_reader, vault_admin;
 
 -- Per-database workers, for operators.
 REVOKE ALL ON vault.workers FROM PUBLIC;

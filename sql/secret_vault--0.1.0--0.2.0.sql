@@ -20,6 +20,10 @@
 --  * new: vault.worker_item_failures() and view vault.worker_failures (items
 --    the workers failed on, with their backoff), for vault_admin;
 --  * new: vault.destroy(group_name, below_version), for vault_admin;
+--  * new: minted credentials: table vault.credential_store, view
+--    vault.credentials (vault_reader, vault_admin), vault.credential(name)
+--    for vault_reader, vault.create_credential and vault.drop_credential
+--    for vault_admin;
 --  * new: KMS key registry, for superusers only: vault.add_kms_key,
 --    vault.set_default_kms_key, vault.drop_kms_key; vault.kms_keys.key_id
 --    (the resolved id new wraps record, kept current by the worker);
@@ -668,3 +672,80 @@ BEGIN
     END LOOP;
 END
 $owners$;
+
+-- Minted credentials (see sql/bootstrap.sql and docs/credentials.md).
+CREATE TABLE vault.credential_store (
+    name             text PRIMARY KEY,
+    id               uuid NOT NULL,
+    provider         text NOT NULL,
+    config           jsonb NOT NULL,
+    refresh_before   interval NOT NULL,
+    key_group_id     uuid NOT NULL,
+    created_at       timestamptz NOT NULL,
+    generation       bigint NOT NULL DEFAULT 0,
+    ciphertext       bytea,
+    minted_at        timestamptz,
+    expires_at       timestamptz,
+    next_refresh_at  timestamptz NOT NULL,
+    failures         int NOT NULL DEFAULT 0,
+    last_error       text,
+    last_error_at    timestamptz,
+    CONSTRAINT credential_store_id_key UNIQUE (id),
+    CONSTRAINT credential_store_key_group_fkey FOREIGN KEY (key_group_id) REFERENCES vault.key_groups (id)
+);
+CREATE INDEX credential_store_due ON vault.credential_store (next_refresh_at);
+CREATE INDEX credential_store_key_group ON vault.credential_store (key_group_id);
+SELECT pg_catalog.pg_extension_config_dump('vault.credential_store', '');
+ALTER TABLE vault.credential_store OWNER TO vault_owner;
+REVOKE ALL ON vault.credential_store FROM PUBLIC;
+
+-- Generated from src/credentials/mod.rs.
+CREATE FUNCTION vault."create_credential"(
+	"name" TEXT,
+	"provider" TEXT,
+	"config" jsonb,
+	"refresh_before" interval DEFAULT '5 minutes'
+) RETURNS uuid
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'create_credential_wrapper';
+
+CREATE FUNCTION vault."credential"(
+	"name" TEXT
+) RETURNS TEXT
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'credential_wrapper';
+
+CREATE FUNCTION vault."drop_credential"(
+	"name" TEXT
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'drop_credential_wrapper';
+
+CREATE VIEW vault.credentials WITH (security_barrier) AS
+SELECT c.id,
+       c.name,
+       c.provider,
+       c.config,
+       c.refresh_before,
+       c.created_at,
+       c.minted_at,
+       c.expires_at,
+       c.next_refresh_at,
+       c.failures,
+       c.last_error,
+       c.last_error_at
+  FROM vault.credential_store c
+ WHERE vault._visible(c.name);
+ALTER VIEW vault.credentials OWNER TO vault_owner;
+
+REVOKE ALL ON FUNCTION vault.create_credential(text, text, jsonb, interval), vault.credential(text),
+    vault.drop_credential(text) FROM PUBLIC;
+REVOKE ALL ON vault.credentials FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vault.credential(text) TO vault_reader;
+GRANT EXECUTE ON FUNCTION vault.create_credential(text, text, jsonb, interval), vault.drop_credential(text) TO vault_admin;
+GRANT SELECT ON vault.credentials TO vault_reader, vault_admin;

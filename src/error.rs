@@ -33,6 +33,13 @@ pub enum VaultError {
     KmsCall { kms_key: String, error: KmsError },
     ReadOnly(&'static str),
     SecretNotFound,
+    CredentialNotFound,
+    CredentialExists(String),
+    /// No unexpired token to serve: never minted yet, or the last one
+    /// expired while refreshing failed.
+    CredentialUnavailable { name: String, reason: String },
+    /// A mint that failed (the worker records it on the credential).
+    Mint(secret_vault_core::MintError),
     SecretExists(String),
     ManualSecret(String),
     GroupInUse(String),
@@ -194,6 +201,25 @@ impl VaultError {
                 "secret does not exist".into(),
                 Some(format!("{UNECHOED} List secrets with: SELECT name FROM vault.secrets;")),
             ),
+            VaultError::CredentialNotFound => (
+                ERRCODE_UNDEFINED_OBJECT,
+                "credential does not exist".into(),
+                Some(format!("{UNECHOED} List credentials with: SELECT name FROM vault.credentials;")),
+            ),
+            VaultError::CredentialExists(n) => (ERRCODE_DUPLICATE_OBJECT, format!("credential \"{n}\" already exists"), None),
+            VaultError::CredentialUnavailable { name, reason } => (
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("credential \"{name}\" has no unexpired token: {reason}"),
+                Some("The vault worker mints it; see last_error in vault.credentials.".into()),
+            ),
+            VaultError::Mint(e) => {
+                let code = match &e {
+                    secret_vault_core::MintError::Config(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+                    secret_vault_core::MintError::Interrupted => ERRCODE_QUERY_CANCELED,
+                    _ => ERRCODE_CONNECTION_FAILURE,
+                };
+                (code, e.to_string(), None)
+            }
             VaultError::SecretExists(n) => (ERRCODE_DUPLICATE_OBJECT, format!("secret \"{n}\" already exists"), None),
             VaultError::ManualSecret(n) => (
                 ERRCODE_WRONG_OBJECT_TYPE,
@@ -202,8 +228,8 @@ impl VaultError {
             ),
             VaultError::GroupInUse(g) => (
                 ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-                format!("key group \"{g}\" still seals secrets"),
-                Some("Delete those secrets first (see vault.secrets.key_group).".into()),
+                format!("key group \"{g}\" still seals secrets or minted credentials"),
+                Some("Delete those secrets (see vault.secrets.key_group) or drop those credentials first.".into()),
             ),
             VaultError::DestroyRefused { group, reason, hint } => (
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

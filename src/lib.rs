@@ -8,6 +8,7 @@ mod access;
 mod audit;
 mod catalog;
 mod coherence;
+mod credentials;
 mod error;
 mod groups;
 mod guc;

@@ -49,7 +49,7 @@ fn plan(client: &SpiClient<'_>, sql: &'static str, types: &[pg_sys::Oid], mutati
     Ok(kept)
 }
 
-fn select<'c>(
+pub(crate) fn select<'c>(
     client: &SpiClient<'c>,
     sql: &'static str,
     types: &[pg_sys::Oid],
@@ -59,7 +59,7 @@ fn select<'c>(
     Ok(client.select(&*p, None, args)?)
 }
 
-fn update<'c>(
+pub(crate) fn update<'c>(
     client: &mut SpiClient<'c>,
     sql: &'static str,
     types: &[pg_sys::Oid],
@@ -344,11 +344,14 @@ pub fn lock_group(client: &mut SpiClient<'_>, group_id: &Id) -> VaultResult<bool
     Ok(!rows.is_empty())
 }
 
-/// Whether any secret is sealed under the group (it may then not be dropped).
+/// Whether any secret or minted credential is sealed under the group (it
+/// may then not be dropped).
 pub fn group_in_use(client: &SpiClient<'_>, group_id: &Id) -> VaultResult<bool> {
     let rows = select(
         client,
-        "SELECT 1 FROM vault.secret_store WHERE key_group_id OPERATOR(pg_catalog.=) $1 LIMIT 1",
+        "SELECT 1 FROM vault.secret_store WHERE key_group_id OPERATOR(pg_catalog.=) $1
+         UNION ALL
+         SELECT 1 FROM vault.credential_store WHERE key_group_id OPERATOR(pg_catalog.=) $1 LIMIT 1",
         &[UUID],
         &[uuid(group_id).into()],
     )?;

@@ -127,7 +127,7 @@ pub(crate) fn seal_with(key: &KeyBuf, r: keyring::Resolved, id: &[u8; 16], versi
 /// the `text` PostgreSQL returns (in PostgreSQL memory, beyond our reach);
 /// the Rust copy is then wiped, where a `String` result would be freed
 /// unwiped after the conversion.
-pub struct SecretText(Zeroizing<String>);
+pub struct SecretText(pub(crate) Zeroizing<String>);
 
 impl_sql_translatable!(SecretText, "TEXT");
 
@@ -157,7 +157,7 @@ fn utf8(mut bytes: Zeroizing<Vec<u8>>) -> VaultResult<SecretText> {
 /// The key to seal under: the current key of `key_group` (an 'encrypt'
 /// group), or of the default group, created here on first use. Served from
 /// the shared cache, so creating a secret runs no query to find its group.
-fn seal_key(
+pub(crate) fn seal_key(
     client: &mut pgrx::spi::SpiClient<'_>,
     key_group: Option<&str>,
     out: &mut KeyBuf,

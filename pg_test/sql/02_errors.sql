@@ -51,7 +51,7 @@ SELECT public.err($$SELECT vault.resolve('e/retire2', 1)$$);
 
 -- malformed and tampered ciphertexts
 SELECT public.err($$SELECT vault.decrypt('e/encrypt', '')$$);
-SELECT public.err($$SELECT vault.decrypt('e/encrypt', '\x03')$$);
+SELECT public.err($$SELECT vault.decrypt('e/encrypt', '\x07')$$);
 SELECT public.err($$SELECT vault.decrypt('e/encrypt', '\x01')$$);
 SELECT public.err($$SELECT vault.decrypt('e/encrypt', '\x0109')$$);
 SELECT public.err($$SELECT vault.decrypt('e/encrypt', '\x010100000001')$$);

@@ -255,7 +255,7 @@ fn refuse<T>(action: &'static str, object: Option<&str>, c: &Caller, privilege: 
 }
 
 /// The name a refused call is recorded under: only a name that exists (a
-/// group or a secret). A refused name that matches nothing may be a value
+/// group, a secret or a minted credential). A refused name that matches nothing may be a value
 /// passed in the wrong argument, and the audit log never holds values.
 pub(crate) fn recordable(object: Option<&str>) -> Option<&str> {
     let name = object?;
@@ -264,7 +264,8 @@ pub(crate) fn recordable(object: Option<&str>) -> Option<&str> {
             Ok(c.select(
                 &identity::sql(
                     "SELECT EXISTS (SELECT 1 FROM vault.key_groups WHERE name OPERATOR(pg_catalog.=) $1)
-                         OR EXISTS (SELECT 1 FROM vault.secret_store WHERE name OPERATOR(pg_catalog.=) $1)",
+                         OR EXISTS (SELECT 1 FROM vault.secret_store WHERE name OPERATOR(pg_catalog.=) $1)
+                         OR EXISTS (SELECT 1 FROM vault.credential_store WHERE name OPERATOR(pg_catalog.=) $1)",
                 )?,
                 Some(1),
                 &[name.into()],

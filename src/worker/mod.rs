@@ -29,7 +29,7 @@ use crate::error::{VaultError, VaultResult};
 use crate::identity::{self, Identity};
 use crate::kms::rewrap;
 use secret_vault_core::KmsError;
-use crate::{audit, coherence, guc, keyring, kms, secret_store, secrets, shmem};
+use crate::{audit, coherence, credentials, guc, keyring, kms, secret_store, secrets, shmem};
 use registry::{ItemKind, Slot, State};
 
 const DUE_BATCH: i64 = 32;
@@ -244,6 +244,7 @@ impl Worker {
             self.step("secret version pruning", |w| w.prune_secrets());
             self.step("KMS material check", |w| w.check_kms_keys());
             self.step("ring key re-wrap", |w| w.rewrap_rows());
+            self.step("credential refresh", |w| w.refresh_credentials(&ident));
         }
         if writable {
             // Whatever the rotation setting: a subscriber keeps its own log.
@@ -705,6 +706,70 @@ impl Worker {
                     return Err(e);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Mints each credential whose refresh time has come: what it signs
+    /// with is read in one transaction, the mint (signing, HTTP) happens
+    /// between transactions, and the sealed token is stored in another with
+    /// a compare-and-set on the generation read. A failure is recorded on
+    /// the credential with its next attempt (backoff); the previous token
+    /// stays and is served until it expires. A hung upstream holds this
+    /// loop for at most the KMS call budget per credential.
+    fn refresh_credentials(&mut self, ident: &Identity) -> VaultResult<()> {
+        use credentials::{mint, store};
+        let due = txn(|_| Spi::connect(|c| store::due(c, catalog::clock(), DUE_BATCH)))?;
+        for d in due {
+            if crate::kms::shutdown_requested() {
+                break;
+            }
+            let Err(e) = guarded(|| self.refresh_credential(ident, &d)) else { continue };
+            let msg = e.message().escape_debug().to_string();
+            let failures = d.failures.saturating_add(1);
+            let next = std::time::SystemTime::now() + secret_vault_core::credentials::retry_delay(failures as u32);
+            let _ = guarded(|| {
+                txn(|_| Spi::connect_mut(|c| store::store_failure(c, &d.id, d.generation, failures, &msg, catalog::clock(), mint::tstz(next))))
+            });
+            let name = d.name.escape_debug();
+            pgrx::log!("secret_vault worker: minting credential \"{name}\" failed ({failures} in a row): {msg}");
+            self.slot.set_last_error(&format!("credential refresh of \"{name}\": {msg}"));
+            self.slot.errors.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    fn refresh_credential(&self, ident: &Identity, d: &credentials::store::Due) -> VaultResult<()> {
+        use credentials::{mint, store};
+        use secret_vault_core::credentials::{next_refresh, Config, Provider};
+        use secret_vault_core::MintError;
+        let provider = Provider::parse(&d.provider)
+            .ok_or_else(|| VaultError::Mint(MintError::Config("the stored provider is not one this version knows".into())))?;
+        let config = Config::parse(provider, &d.config).map_err(VaultError::Mint)?;
+        let material = txn(|_| Spi::connect(|c| mint::read_material(c, &config)))?;
+        let minted = mint::mint(&config, &material)?;
+        drop(material);
+        let minted_at = std::time::SystemTime::now();
+        let mut keybuf = KeyBuf::new();
+        let slot_key = ident.cache_key(d.group_id);
+        let key = match keyring::cached_current(&slot_key, &mut keybuf) {
+            Some(k) => k,
+            None => {
+                self.warm(ident, &d.group_id)?;
+                keyring::cached_current(&slot_key, &mut keybuf).ok_or(VaultError::GroupNotFound)?
+            }
+        };
+        let generation = d.generation.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(d.name.clone()))?;
+        let ct = mint::seal(&keybuf, key, &d.id, generation as u64, &minted)?;
+        let next = next_refresh(minted_at, minted.expires_at, mint::from_micros(d.refresh_before_us));
+        let stored = txn(|_| {
+            Spi::connect_mut(|c| {
+                store::store_minted(c, &d.id, d.generation, &ct, mint::tstz(minted_at), mint::tstz(minted.expires_at), mint::tstz(next))
+            })
+        })?;
+        if stored {
+            let life = minted.expires_at.duration_since(minted_at).unwrap_or_default().as_secs();
+            pgrx::log!("secret_vault worker: minted credential \"{}\", valid for {life} s", d.name.escape_debug());
         }
         Ok(())
     }
