@@ -77,14 +77,16 @@ pub fn secret_value(header: &[u8], group: &GroupId, secret: &[u8; 16], version: 
 }
 
 /// AAD for a minted credential's sealed token: its own domain, the header,
-/// the sealing group, the credential's id and the mint's generation, so a
-/// token copied to another credential, or an older mint put back, does not open.
-pub fn credential_value(header: &[u8], group: &GroupId, credential: &[u8; 16], generation: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CREDENTIAL_LABEL.len() + header.len() + 80);
+/// the sealing group, the credential's id and name and the mint's
+/// generation, so a token copied to another credential, a row renamed, or
+/// an older mint put back, does not open.
+pub fn credential_value(header: &[u8], group: &GroupId, credential: &[u8; 16], name: &str, generation: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CREDENTIAL_LABEL.len() + header.len() + name.len() + 96);
     push_field(&mut out, CREDENTIAL_LABEL);
     push_field(&mut out, header);
     push_field(&mut out, group);
     push_field(&mut out, credential);
+    push_field(&mut out, name.as_bytes());
     push_field(&mut out, &generation.to_be_bytes());
     out
 }

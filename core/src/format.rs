@@ -33,8 +33,8 @@ pub enum Binding<'a> {
     Data(&'a [u8]),
     /// Version `version` of secret `id`.
     Secret { id: &'a [u8; 16], version: u32 },
-    /// Mint `generation` of minted credential `id`.
-    Credential { id: &'a [u8; 16], generation: u64 },
+    /// Mint `generation` of minted credential `id`, named `name`.
+    Credential { id: &'a [u8; 16], name: &'a str, generation: u64 },
 }
 
 /// A ciphertext split into its fields, borrowing from the input.
@@ -104,7 +104,9 @@ fn with_aad<R>(
         }
         (FORMAT_V1, Binding::Secret { id, version }) => f(&aad::data(header, group, &aad::legacy_secret_context(id, version))),
         (FORMAT_SECRET, Binding::Secret { id, version }) => f(&aad::secret_value(header, group, id, version)),
-        (FORMAT_CREDENTIAL, Binding::Credential { id, generation }) => f(&aad::credential_value(header, group, id, generation)),
+        (FORMAT_CREDENTIAL, Binding::Credential { id, name, generation }) => {
+            f(&aad::credential_value(header, group, id, name, generation))
+        }
         (FORMAT_SECRET | FORMAT_CREDENTIAL, _) | (FORMAT_V1, Binding::Credential { .. }) => Err(CryptoError::WrongDomain),
         (other, _) => Err(CryptoError::UnknownFormat(other)),
     }
@@ -291,14 +293,15 @@ mod tests {
     fn credential_tokens_open_only_as_their_own_mint() {
         let key = KeyBytes::random(32);
         let (id, other) = ([4u8; 16], [5u8; 16]);
-        let cred = Binding::Credential { id: &id, generation: 7 };
+        let cred = Binding::Credential { id: &id, name: "gh/ci", generation: 7 };
         let ct = encrypt(Algorithm::DEFAULT, key.as_bytes(), 1, &G1, cred, b"ghs_token").unwrap();
         assert_eq!(ct[0], FORMAT_CREDENTIAL);
         let p = parse(&ct).unwrap();
         assert_eq!(&decrypt(&p, key.as_bytes(), &G1, cred).unwrap()[..], b"ghs_token");
         for wrong in [
-            Binding::Credential { id: &id, generation: 6 },
-            Binding::Credential { id: &other, generation: 7 },
+            Binding::Credential { id: &id, name: "gh/ci", generation: 6 },
+            Binding::Credential { id: &other, name: "gh/ci", generation: 7 },
+            Binding::Credential { id: &id, name: "gh/other", generation: 7 },
         ] {
             assert_eq!(decrypt(&p, key.as_bytes(), &G1, wrong), Err(CryptoError::AuthenticationFailed));
         }

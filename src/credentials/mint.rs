@@ -93,9 +93,10 @@ pub fn mint(config: &Config, material: &[SealedSecret]) -> VaultResult<Minted> {
 }
 
 /// Seals mint `generation` of credential `id` under a ring key.
-pub fn seal(key: &KeyBuf, r: keyring::Resolved, id: &[u8; 16], generation: u64, minted: &Minted) -> VaultResult<Vec<u8>> {
+pub fn seal(key: &KeyBuf, r: keyring::Resolved, id: &[u8; 16], name: &str, generation: u64, minted: &Minted) -> VaultResult<Vec<u8>> {
     let payload = seal_payload(minted);
-    Ok(format::encrypt(guc::cipher(), key.as_slice(), r.version as u32, &r.group_id, Binding::Credential { id, generation }, &payload)?)
+    let binding = Binding::Credential { id, name, generation };
+    Ok(format::encrypt(guc::cipher(), key.as_slice(), r.version as u32, &r.group_id, binding, &payload)?)
 }
 
 /// PostgreSQL's timestamps count from 2000-01-01.

@@ -62,6 +62,12 @@ fn create_credential(
         require_superuser("aws_eks with the server's AWS credentials (name vault secrets with access_key_id_secret and secret_access_key_secret instead)")
             .or_raise();
     }
+    // A configured endpoint is a network address the server will contact
+    // (api_url) or name in its tokens (sts_endpoint): as for KMS keys, only
+    // superusers choose those, or the server becomes a probe of its network.
+    if parsed.custom_endpoint() {
+        require_superuser("a credential with its own api_url or sts_endpoint (only superusers choose where the server connects)").or_raise();
+    }
     for s in parsed.secrets() {
         access::check("create_credential", Privilege::Read, s).or_raise();
     }
@@ -126,7 +132,7 @@ fn open(name: &str) -> VaultResult<SecretText> {
     let mut key = KeyBuf::new();
     let r = keyring::resolve(&row.group, Purpose::Encrypt, "vault.credential", Want::Version(parsed.key_version as i64), &mut key)?;
     let generation = u64::try_from(row.generation).map_err(|_| VaultError::Internal("credential generation is negative".into()))?;
-    let plain = format::decrypt(&parsed, key.as_slice(), &r.group_id, Binding::Credential { id: &row.id, generation })?;
+    let plain = format::decrypt(&parsed, key.as_slice(), &r.group_id, Binding::Credential { id: &row.id, name, generation })?;
     let minted = open_payload(plain).ok_or_else(|| VaultError::Internal("sealed credential is malformed".into()))?;
     match minted.expires_at.duration_since(SystemTime::now()) {
         Ok(left) if !left.is_zero() => Ok(SecretText(minted.value)),

@@ -35,6 +35,9 @@ use registry::{ItemKind, Slot, State};
 const DUE_BATCH: i64 = 32;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Minting time per round after which the remaining due credentials wait
+/// for the next round (one call may still take its KMS call budget).
+const CREDENTIAL_ROUND_BUDGET: Duration = Duration::from_secs(5);
 
 pub fn register() {
     launcher::register();
@@ -720,8 +723,11 @@ impl Worker {
     fn refresh_credentials(&mut self, ident: &Identity) -> VaultResult<()> {
         use credentials::{mint, store};
         let due = txn(|_| Spi::connect(|c| store::due(c, catalog::clock(), DUE_BATCH)))?;
+        let started = Instant::now();
         for d in due {
-            if crate::kms::shutdown_requested() {
+            // Unreachable upstreams must not hold the audit log, the cache
+            // sync and rotations: the rest waits for the next round.
+            if crate::kms::shutdown_requested() || started.elapsed() >= CREDENTIAL_ROUND_BUDGET {
                 break;
             }
             let Err(e) = guarded(|| self.refresh_credential(ident, &d)) else { continue };
@@ -760,7 +766,7 @@ impl Worker {
             }
         };
         let generation = d.generation.checked_add(1).ok_or_else(|| VaultError::VersionOverflow(d.name.clone()))?;
-        let ct = mint::seal(&keybuf, key, &d.id, generation as u64, &minted)?;
+        let ct = mint::seal(&keybuf, key, &d.id, &d.name, generation as u64, &minted)?;
         let next = next_refresh(minted_at, minted.expires_at, mint::from_micros(d.refresh_before_us));
         let stored = txn(|_| {
             Spi::connect_mut(|c| {

@@ -97,6 +97,15 @@ impl Config {
         }
     }
 
+    /// Whether the config names an endpoint of its own (not the provider's
+    /// public one).
+    pub fn custom_endpoint(&self) -> bool {
+        match self {
+            Config::Eks(e) => e.sts_endpoint.is_some(),
+            Config::Github(g) => g.api_url != DEFAULT_GITHUB_API,
+        }
+    }
+
     /// Whether minting signs with the server's own AWS identity.
     pub fn uses_server_identity(&self) -> bool {
         matches!(self, Config::Eks(EksConfig { secrets: None, .. }))

@@ -82,7 +82,10 @@ pub fn token(config: &EksConfig, creds: &Credentials, now: SystemTime) -> Result
     // The parameters in the order the CLI's URL has them (the signature
     // does not depend on it; clients comparing tokens do): the operation,
     // then the signing parameters, the session token, the signature last.
-    let mut presigned = Zeroizing::new(url);
+    // Sized up front: growing would free unwiped copies of the signature
+    // and session token.
+    let mut presigned = Zeroizing::new(String::with_capacity(url.len() + 3 * query.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()));
+    presigned.push_str(&url);
     for name in [
         "X-Amz-Algorithm",
         "X-Amz-Credential",

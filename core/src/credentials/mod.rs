@@ -108,6 +108,11 @@ pub(crate) fn check_token(upstream: &'static str, token: &str, expires_at: Syste
     if expires_at <= now {
         return bad("a token that has already expired");
     }
+    // The tokens minted here live minutes to hours; an expiry days ahead is
+    // a broken upstream, and would be served and never refreshed.
+    if expires_at > now + Duration::from_secs(24 * 3600) {
+        return bad("a token said to expire more than a day from now");
+    }
     Ok(())
 }
 
@@ -158,6 +163,7 @@ mod tests {
         assert!(check_token("t", "a b", at(2000), now).is_err());
         assert!(check_token("t", "a\nb", at(2000), now).is_err());
         assert!(check_token("t", "abc", at(1000), now).is_err());
+        assert!(check_token("t", "abc", at(1000 + 2 * 86400), now).is_err());
         assert!(check_token("t", &"a".repeat(MAX_TOKEN_LEN + 1), at(2000), now).is_err());
     }
 
