@@ -90,7 +90,7 @@ pub struct Due {
 /// Credentials whose refresh time has come, oldest first, bar those listed in `skip`.
 pub fn due(client: &SpiClient<'_>, now: TimestampWithTimeZone, limit: i64) -> VaultResult<Vec<Due>> {
     const SQL: &str = "SELECT id, name, provider, config,
-                              (pg_catalog.extract(epoch FROM pg_catalog.LEAST(pg_catalog.GREATEST(refresh_before, interval '0'), interval '1 year'))
+                              (extract(epoch FROM LEAST(GREATEST(refresh_before, interval '0'), interval '1 year'))
                                 OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8,
                               key_group_id, generation, failures
                          FROM vault.credential_store

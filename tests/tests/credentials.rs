@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postgres::types::ToSql;
 use secret_vault_it::peers::Moto;
 use secret_vault_it::standins::{base64url_decode, eks_reference_token, rsa_test_key, GithubStandin};
-use secret_vault_it::{db_error, eventually, free_port, Client, Cluster, NoTls};
+use secret_vault_it::{db_error, eventually, free_port, stat, Client, Cluster, NoTls};
 
 /// Worker rounds this often in every cluster here, so that a mint due now
 /// happens within a fraction of a second.
@@ -33,8 +33,12 @@ fn ok(db: &mut Client, sql: &str) {
     db.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e} {:?}", e.as_db_error().map(|d| d.message())));
 }
 
+/// A github_app config; an empty `api_url` leaves it out (GitHub's own API).
 fn github_config(issuer: serde_json::Value, installation: serde_json::Value, key_secret: &str, api_url: &str) -> String {
-    let mut c = serde_json::json!({"installation_id": installation, "private_key_secret": key_secret, "api_url": api_url});
+    let mut c = serde_json::json!({"installation_id": installation, "private_key_secret": key_secret});
+    if !api_url.is_empty() {
+        c["api_url"] = api_url.into();
+    }
     // A numeric app id as a JSON number or a string; anything else is a client id.
     let is_app_id = issuer.is_number() || issuer.as_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()));
     c[if is_app_id { "app_id" } else { "client_id" }] = issuer;
@@ -101,7 +105,8 @@ fn await_token(db: &mut Client, name: &str, within: Duration, c: &Cluster, mut a
         last = Some(r);
         hit
     });
-    assert!(got, "{name}: no acceptable token within {within:?}; last answer {last:?}\nrow {:?}\nlog:\n{}", row_opt(db, name), tail(c));
+    let row = row_opt(db, name);
+    assert!(got, "{name}: no acceptable token within {within:?}; last answer {last:?}\nrow {row:?}\nlog:\n{}", tail(c));
     last.unwrap().unwrap()
 }
 
@@ -173,8 +178,8 @@ fn github_app_tokens_are_minted_served_to_every_session_and_refreshed_before_the
     let mut db = c.client();
     db.execute("SELECT vault.create_secret('github/app-key', $1)", &[&pkcs1]).unwrap();
     db.execute("SELECT vault.create_secret('github/app-key8', $1)", &[&pkcs8]).unwrap();
-    let id = create(&mut db, "gh/ci", "github_app", &github_config(123.into(), "456".into(), "github/app-key", &gh.api_url()), "15 seconds")
-        .unwrap();
+    let config = github_config(123.into(), "456".into(), "github/app-key", &gh.api_url());
+    let id = create(&mut db, "gh/ci", "github_app", &config, "15 seconds").unwrap();
     assert_eq!(id.len(), 36, "a uuid: {id}");
     create(
         &mut db,
@@ -265,7 +270,9 @@ fn one_failure(gh: &GithubStandin, db: &mut Client, name: &str, mode: &str, expe
 fn recovers(gh: &GithubStandin, db: &mut Client, c: &Cluster, name: &str, ttl: u64) -> String {
     let minted = gh.minted();
     gh.set_mode("ok", Some(ttl));
-    let token = await_token(db, name, Duration::from_secs(25), c, |t| gh.tokens().last().map(String::as_str) == Some(t) && gh.minted() > minted);
+    let token = await_token(db, name, Duration::from_secs(25), c, |t| {
+        gh.minted() > minted && gh.tokens().last().map(String::as_str) == Some(t)
+    });
     let r = await_row(db, name, Duration::from_secs(5), "a cleared error", |r| r.failures == 0);
     assert!(r.last_error.is_none() && r.last_error_at.is_none(), "{r:?}");
     token
@@ -285,7 +292,8 @@ fn upstream_failures_keep_serving_the_last_token_until_it_expires_then_fail_clos
     let old = await_token(&mut db, "gh/flaky", Duration::from_secs(15), &c, |_| true);
 
     // 401: not retried (one call per failed mint), recorded, the old token served meanwhile.
-    let (calls, r) = one_failure(&gh, &mut db, "gh/flaky", "401", "GitHub refused the request (HTTP 401): A JSON web token could not be decoded");
+    let refused = "GitHub refused the request (HTTP 401): A JSON web token could not be decoded";
+    let (calls, r) = one_failure(&gh, &mut db, "gh/flaky", "401", refused);
     assert_eq!(calls, 1, "a 401 is not retried");
     assert_eq!(credential(&mut db, "gh/flaky").unwrap(), old, "the previous token is still served");
     let expires_at = r.expires_at.unwrap();
@@ -293,7 +301,9 @@ fn upstream_failures_keep_serving_the_last_token_until_it_expires_then_fail_clos
     // served right up to its expiry, and not a moment after.
     let mut served_late = false;
     let mut max_failures = r.failures;
-    while now_secs() < expires_at + 1.0 {
+    // Until just past the expiry: the attempt after that (doubling
+    // backoff) should already meet the recovered upstream below.
+    while now_secs() < expires_at + 0.3 {
         let before = now_secs();
         let answer = credential(&mut db, "gh/flaky");
         let after = now_secs();
@@ -375,7 +385,13 @@ fn a_credential_never_minted_fails_closed_and_says_why() {
     let e = r.last_error.clone().unwrap();
     assert!(e.contains("GitHub unavailable"), "{e}");
     assert!(r.minted_at.is_none() && r.expires_at.is_none(), "{r:?}");
-    assert!(r.next_refresh_at > r.last_error_at.unwrap(), "the next attempt is backed off: {r:?}");
+    // Retries back off, doubling from a second: 1 s after the first
+    // failure, 2 s after the second.
+    let backoff = |r: &Row| r.next_refresh_at - r.last_error_at.unwrap();
+    let f = r.failures;
+    assert!((backoff(&r) - 2f64.powi(f - 1)).abs() < 0.5, "backoff after {f} failure(s): {r:?}");
+    let r = await_row(&mut db, "gh/down", Duration::from_secs(10), "another failed mint", |r| r.failures > f);
+    assert!((backoff(&r) - 2f64.powi(r.failures - 1)).abs() < 0.5, "backoff after {} failures: {r:?}", r.failures);
     let (code, _) = credential(&mut db, "gh/down").unwrap_err();
     assert_eq!(code, "55000", "still nothing to serve");
     // An unknown name is another error.
@@ -528,17 +544,28 @@ fn access_rules_confine_reading_listing_and_creating_credentials_and_bad_configs
     assert_eq!(db_error(&create(&mut ci, "gh/x", "github_app", &cfg("github/app-key"), "5 minutes").unwrap_err()).0, "42501");
     assert_eq!(db_error(&ci.execute("SELECT vault.drop_credential('gh/ci')", &[]).unwrap_err()).0, "42501");
 
-    // A vault_admin may name only secrets it may read, under names it may write.
+    // A vault_admin may name only secrets it may read, under names it may
+    // write. Its configs use GitHub's public API (an endpoint of one's own
+    // is for superusers, docs/credentials.md), so the worker must not mint
+    // them here: rotation off from now on, no request leaves the machine.
+    ok(&mut su, "ALTER SYSTEM SET secret_vault.rotation = off");
+    ok(&mut su, "SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_secs(1));
+    let cfg_public = |secret: &str| github_config("123".into(), "456".into(), secret, "");
     let mut builder = connect_as(&c, "builder");
-    let (code, msg) = db_error(&create(&mut builder, "gh/new", "github_app", &cfg("github/app-key"), "5 minutes").unwrap_err());
+    let (code, msg) = db_error(&create(&mut builder, "gh/new", "github_app", &cfg_public("github/app-key"), "5 minutes").unwrap_err());
     assert_eq!(code, "42501", "a secret it cannot read: {msg}");
     assert!(!msg.contains("github/app-key"), "{msg}");
-    let (code, msg) = db_error(&create(&mut builder, "gh/new", "github_app", &cfg("pub/missing"), "5 minutes").unwrap_err());
+    let (code, msg) = db_error(&create(&mut builder, "gh/new", "github_app", &cfg_public("pub/missing"), "5 minutes").unwrap_err());
     assert_eq!(code, "42704", "a secret that does not exist: {msg}");
-    let (code, msg) = db_error(&create(&mut builder, "elsewhere/new", "github_app", &cfg("pub/app-key"), "5 minutes").unwrap_err());
+    let (code, msg) = db_error(&create(&mut builder, "elsewhere/new", "github_app", &cfg_public("pub/app-key"), "5 minutes").unwrap_err());
     assert_eq!(code, "42501", "a name it may not write: {msg}");
-    create(&mut builder, "gh/new", "github_app", &cfg("pub/app-key"), "5 minutes").unwrap();
+    // An endpoint of its own: the server would connect there and report
+    // back in last_error, so only superusers choose one.
     let (code, msg) = db_error(&create(&mut builder, "gh/new", "github_app", &cfg("pub/app-key"), "5 minutes").unwrap_err());
+    assert_eq!(code, "42501", "an api_url of its own: {msg}");
+    create(&mut builder, "gh/new", "github_app", &cfg_public("pub/app-key"), "5 minutes").unwrap();
+    let (code, msg) = db_error(&create(&mut builder, "gh/new", "github_app", &cfg_public("pub/app-key"), "5 minutes").unwrap_err());
     assert_eq!(code, "42710", "a duplicate name: {msg}");
     // A superuser naming a secret that does not exist.
     let (code, _) = db_error(&create(&mut su, "gh/ghost", "github_app", &cfg("github/none"), "5 minutes").unwrap_err());
@@ -555,31 +582,32 @@ fn access_rules_confine_reading_listing_and_creating_credentials_and_bad_configs
     }
 
     // Configs that cannot work: 22023, and the value never echoed (message,
-    // detail, hint), whichever field it was put in.
+    // detail, hint), whichever field it was put in, endpoint URLs included.
     let s = SENTINEL;
-    let bad: Vec<(&str, String)> = vec![
-        ("gitlab", format!(r#"{{"token": "{s}"}}"#)),
-        ("github_app", format!(r#"{{"app_id": "{s}", "installation_id": 1, "private_key_secret": "github/app-key"}}"#)),
-        ("github_app", format!(r#"{{"app_id": 1, "installation_id": "{s}", "private_key_secret": "github/app-key"}}"#)),
-        ("github_app", format!(r#"{{"client_id": "{s} x", "installation_id": 1, "private_key_secret": "github/app-key"}}"#)),
-        ("github_app", format!(r#"{{"app_id": 1, "installation_id": 1, "private_key_secret": "github/app-key", "{s}": 1}}"#)),
-        ("github_app", format!(r#"{{"app_id": 1, "installation_id": 1, "private_key_secret": "github/app-key", "api_url": "http://{s}.example.com"}}"#)),
-        ("github_app", format!(r#"{{"app_id": 1, "installation_id": 1, "private_key": "-----BEGIN {s}"}}"#)),
-        ("aws_eks", format!(r#"{{"cluster": "{s} x", "region": "us-east-1"}}"#)),
-        ("aws_eks", format!(r#"{{"cluster": "prod", "region": "{s}"}}"#)),
-        ("aws_eks", format!(r#"{{"cluster": "prod", "region": "us-east-1", "sts_endpoint": "http://10.0.0.1/{s}"}}"#)),
-        ("aws_eks", format!(r#"{{"cluster": "prod", "region": "us-east-1", "access_key_id_secret": "{s}"}}"#)),
-        ("aws_eks", format!(r#"["{s}"]"#)),
+    let e = SENTINEL;
+    let bad: Vec<(&str, String, bool)> = vec![
+        ("gitlab", format!(r#"{{"token": "{s}"}}"#), false),
+        ("github_app", format!(r#"{{"app_id": "{s}", "installation_id": 1, "private_key_secret": "github/app-key"}}"#), false),
+        ("github_app", format!(r#"{{"app_id": 1, "installation_id": "{s}", "private_key_secret": "github/app-key"}}"#), false),
+        ("github_app", format!(r#"{{"client_id": "{s} x", "installation_id": 1, "private_key_secret": "github/app-key"}}"#), false),
+        ("github_app", format!(r#"{{"app_id": 1, "installation_id": 1, "private_key_secret": "github/app-key", "{s}": 1}}"#), false),
+        ("github_app", format!(r#"{{"app_id": 1, "installation_id": 1, "private_key": "-----BEGIN {s}"}}"#), false),
+        ("github_app", format!(r#"{{"app_id": 1, "installation_id": 1, "private_key_secret": "k", "api_url": "http://{e}.example.com"}}"#), false),
+        ("aws_eks", format!(r#"{{"cluster": "{s} x", "region": "us-east-1"}}"#), false),
+        ("aws_eks", format!(r#"{{"cluster": "prod", "region": "{s}"}}"#), false),
+        ("aws_eks", format!(r#"{{"cluster": "prod", "region": "us-east-1", "access_key_id_secret": "{s}"}}"#), false),
+        ("aws_eks", format!(r#"["{s}"]"#), false),
+        ("aws_eks", format!(r#"{{"cluster": "prod", "region": "us-east-1", "sts_endpoint": "http://10.0.0.1/{e}"}}"#), false),
     ];
     // Every case is tried before failing, so that a report lists them all.
     let mut wrong = Vec::new();
-    for (provider, config) in &bad {
+    for (provider, config, endpoint) in &bad {
         let e = su
             .query("SELECT vault.create_credential('gh/bad', $1, $2::text::jsonb)", &[provider as &(dyn ToSql + Sync), config])
             .unwrap_err();
         let db = e.as_db_error().unwrap();
         let told = format!("{} {} {}", db.message(), db.detail().unwrap_or(""), db.hint().unwrap_or(""));
-        if db.code().code() != "22023" || told.contains("SENTINEL") {
+        if db.code().code() != "22023" || (!endpoint && told.contains("SENTINEL")) {
             wrong.push(format!("{provider} {config} -> {} {told}", db.code().code()));
         }
     }
@@ -634,6 +662,7 @@ fn a_streaming_standby_serves_the_primarys_token_and_never_mints() {
     let log = standby.log();
     assert!(!log.contains("read-only transaction"), "the standby attempted a write:\n{log}");
     assert!(!log.contains("minting credential"), "the standby tried to mint:\n{log}");
+    assert!(stat(&mut s, "worker_runs") > 0, "the standby's worker is running");
 
     // Rotation back on at the primary: it mints, and the standby follows.
     ok(&mut p, "ALTER SYSTEM RESET secret_vault.rotation");
@@ -778,4 +807,50 @@ fn a_dropped_credential_is_no_longer_minted_or_served() {
     let again = await_token(&mut db, "gh/ci", Duration::from_secs(15), &c, |_| true);
     assert_ne!(again, before);
     assert!(gh.tokens()[minted as usize..].contains(&again), "a token minted after the re-creation");
+}
+
+// ---------------------------------------------------------------------------
+// 10. rows edited by hand (or restored, or replicated) fail alone
+
+#[test]
+fn a_poisoned_credential_row_fails_alone_and_an_edited_row_never_serves_a_token() {
+    let (_, pkcs1, public) = rsa_test_key();
+    let gh = GithubStandin::start("123", "456", &public, 600);
+    let c = cluster("cred-poison", &[]);
+    let mut db = c.client();
+    db.execute("SELECT vault.create_secret('keys/app', $1)", &[&pkcs1]).unwrap();
+    let config = github_config("123".into(), "456".into(), "keys/app", &gh.api_url());
+    for name in ["gh/bad-config", "gh/huge-interval", "gh/renamed", "gh/good"] {
+        create(&mut db, name, "github_app", &config, "5 minutes").unwrap();
+    }
+    let first = await_token(&mut db, "gh/renamed", Duration::from_secs(15), &c, |_| true);
+    await_token(&mut db, "gh/good", Duration::from_secs(15), &c, |_| true);
+    // What no API call can write: a config the provider refuses, an
+    // interval past what extract(epoch) * 1e6 fits in, a provider unknown
+    // to this version. Each row is due at once.
+    ok(
+        &mut db,
+        "UPDATE vault.credential_store SET config = '{\"app_id\": 1}', next_refresh_at = now() WHERE name = 'gh/bad-config';
+         UPDATE vault.credential_store SET refresh_before = '150000000 years', next_refresh_at = now() WHERE name = 'gh/huge-interval';
+         UPDATE vault.credential_store SET next_refresh_at = now() WHERE name = 'gh/good';",
+    );
+    let bad = await_row(&mut db, "gh/bad-config", Duration::from_secs(15), "a recorded failure", |r| r.failures > 0);
+    assert!(bad.last_error.as_deref().unwrap_or("").contains("required"), "{bad:?}");
+    // The others are still minted, the huge interval clamped.
+    let minted_before = gh.minted();
+    ok(&mut db, "UPDATE vault.credential_store SET next_refresh_at = now() WHERE name IN ('gh/good', 'gh/huge-interval')");
+    assert!(eventually(Duration::from_secs(15), || gh.minted() >= minted_before + 2), "healthy rows keep minting\n{}", tail(&c));
+    let huge = row(&mut db, "gh/huge-interval");
+    assert!(huge.last_error.is_none() && huge.minted_at.is_some(), "{huge:?}");
+
+    // A token row renamed onto another name does not open under it (the
+    // name is bound into the seal), and the swap is not served.
+    ok(&mut db, "UPDATE vault.credential_store SET name = 'gh/stolen' WHERE name = 'gh/renamed'");
+    let err = credential(&mut db, "gh/stolen").unwrap_err();
+    assert_eq!(err.0, "22000", "{err:?}");
+    assert!(!err.1.contains(&first));
+    // An expires_at pushed into the future changes nothing: the sealed
+    // expiry decides, and the column only schedules.
+    ok(&mut db, "UPDATE vault.credential_store SET expires_at = 'infinity' WHERE name = 'gh/good'");
+    assert!(credential(&mut db, "gh/good").is_ok());
 }

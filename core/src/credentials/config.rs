@@ -125,6 +125,12 @@ fn fields<'a, const N: usize>(
     Ok(known.map(|k| obj.get(k).filter(|v| !v.is_null())))
 }
 
+/// The URL itself is not repeated: a token pasted into the wrong field
+/// would otherwise reach the client and the server log.
+fn bad_url(key: &str) -> MintError {
+    invalid(format!("{key} must be an https URL (plain http only to a loopback address), without credentials, query or fragment"))
+}
+
 fn text(v: Option<&Value>, key: &str) -> Result<Option<String>, MintError> {
     match v {
         None => Ok(None),
@@ -168,12 +174,9 @@ fn eks(obj: &Map<String, Value>) -> Result<EksConfig, MintError> {
         return Err(invalid("cluster is not an EKS cluster name (letters, digits, - and _, at most 100)"));
     }
     let region = required(text(region, "region")?, "region", "aws_eks")?;
-    check_region(&region).map_err(|e| invalid(e.to_string().trim_start_matches("KMS configuration error: ").to_string()))?;
+    check_region(&region).map_err(|_| invalid("region is not an AWS region name (like eu-west-1)"))?;
     let sts_endpoint = match text(sts_endpoint, "sts_endpoint")? {
-        Some(url) => Some(
-            endpoint_url(&url, "sts_endpoint")
-                .map_err(|e| invalid(e.to_string().trim_start_matches("KMS configuration error: ").to_string()))?,
-        ),
+        Some(url) => Some(endpoint_url(&url, "sts_endpoint").map_err(|_| bad_url("sts_endpoint"))?),
         None => None,
     };
     let secrets = match (text(akid, "access_key_id_secret")?, text(secret, "secret_access_key_secret")?, text(token, "session_token_secret")?) {
@@ -207,10 +210,9 @@ fn github(obj: &Map<String, Value>) -> Result<GithubConfig, MintError> {
     let installation_id = required(number_id(installation_id, "installation_id")?, "installation_id", "github_app")?;
     let private_key_secret = required(text(key, "private_key_secret")?, "private_key_secret", "github_app")?;
     let api_url = text(api_url, "api_url")?.unwrap_or_else(|| DEFAULT_GITHUB_API.to_string());
-    let parsed = crate::kms::http::check_url(&api_url, "api_url")
-        .map_err(|e| invalid(e.to_string().trim_start_matches("KMS configuration error: ").to_string()))?;
+    let parsed = crate::kms::http::check_url(&api_url, "api_url").map_err(|_| bad_url("api_url"))?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(invalid("api_url must not have a query or fragment"));
+        return Err(bad_url("api_url"));
     }
     let api_url = parsed.as_str().trim_end_matches('/').to_string();
     Ok(GithubConfig { issuer, installation_id, private_key_secret, api_url })
@@ -265,6 +267,8 @@ mod tests {
             json!({"cluster": "prod", "region": "eu-west-1", "access_key_id_secret": "a"}),
             json!({"cluster": "prod", "region": "eu-west-1", "session_token_secret": "t"}),
             json!({"cluster": "prod", "region": "eu-west-1", "AKIAIOSFODNN7EXAMPLE": "wJalrXUtnFEMI"}),
+            json!({"cluster": "prod", "region": "AKIAIOSFODNN7EXAMPLE"}),
+            json!({"cluster": "prod", "region": "eu-west-1", "sts_endpoint": "http://AKIAIOSFODNN7EXAMPLE.example.com"}),
             json!(["prod"]),
         ] {
             let e = eks_of(bad.clone()).unwrap_err().to_string();
@@ -294,6 +298,7 @@ mod tests {
             json!({"app_id": 1, "installation_id": 1, "private_key_secret": "k", "api_url": "http://example.com"}),
             json!({"app_id": 1, "installation_id": 1, "private_key_secret": "k", "api_url": "https://x/?a=b"}),
             json!({"app_id": 1, "installation_id": 1, "private_key_secret": "k", "private_key": "-----BEGIN"}),
+            json!({"app_id": 1, "installation_id": 1, "private_key_secret": "k", "api_url": "http://BEGIN.example.com"}),
         ] {
             let e = gh_of(bad.clone()).unwrap_err().to_string();
             assert!(!e.contains("BEGIN"), "{e}");
