@@ -169,6 +169,17 @@ pub fn cached_current(key: &SlotKey, out: &mut KeyBuf) -> Option<Resolved> {
     }
 }
 
+/// Version `version` of an 'encrypt' group if the shared cache holds it
+/// (the worker opening a secret it signs with, outside any transaction).
+pub fn cached_version(key: &SlotKey, version: i32, out: &mut KeyBuf) -> Option<Resolved> {
+    match probe_cache(key, Want::Version(version as i64), out)? {
+        (info, Probe::Hit(v)) if info.purpose == purpose_code(Purpose::Encrypt) && v == version => {
+            Some(Resolved { group_id: info.group_id, version })
+        }
+        _ => None,
+    }
+}
+
 fn retired(name: &str, want: Want) -> VaultError {
     let version = match want {
         Want::Version(v) => v,

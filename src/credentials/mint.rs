@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::catalog::{self, GroupRow, KeyRow};
 use crate::error::{VaultError, VaultResult};
+use crate::identity::Identity;
 use crate::{guc, keyring, kms, secret_store};
 
 /// A vault secret's current value, still sealed, with what opens it.
@@ -46,12 +47,20 @@ pub fn read_material(client: &SpiClient<'_>, config: &Config) -> VaultResult<Vec
     Ok(out)
 }
 
-/// Opens a secret read by `read_material` (between transactions: the ring
-/// key is unwrapped by the KMS, never inside one).
-fn open(s: &SealedSecret) -> VaultResult<Zeroizing<String>> {
-    let key = kms::unwrap(&s.group, &s.key)?;
+/// Opens a secret read by `read_material`, between transactions: with the
+/// ring key from the shared cache when it is there (no KMS call, and a
+/// KMS outage does not stop minting), else unwrapped by the KMS.
+fn open(ident: &Identity, s: &SealedSecret) -> VaultResult<Zeroizing<String>> {
     let parsed = format::parse(&s.ciphertext)?;
-    let mut plain = format::decrypt(&parsed, key.as_bytes(), &s.group.id, Binding::Secret { id: &s.id, version: s.version as u32 })?;
+    let mut cached = KeyBuf::new();
+    let unwrapped;
+    let key: &[u8] = if keyring::cached_version(&ident.cache_key(s.group.id), s.key.version, &mut cached).is_some() {
+        cached.as_slice()
+    } else {
+        unwrapped = kms::unwrap(&s.group, &s.key)?;
+        unwrapped.as_bytes()
+    };
+    let mut plain = format::decrypt(&parsed, key, &s.group.id, Binding::Secret { id: &s.id, version: s.version as u32 })?;
     match String::from_utf8(std::mem::take(&mut *plain)) {
         Ok(v) => Ok(Zeroizing::new(v)),
         Err(e) => {
@@ -68,7 +77,7 @@ fn http() -> VaultResult<Http> {
 /// Mints a token (outside any transaction): signing material from the
 /// secrets, then the provider's work, bounded by the KMS call settings
 /// and ended by a shutdown request.
-pub fn mint(config: &Config, material: &[SealedSecret]) -> VaultResult<Minted> {
+pub fn mint(ident: &Identity, config: &Config, material: &[SealedSecret]) -> VaultResult<Minted> {
     let now = SystemTime::now();
     match config {
         Config::Eks(c) => {
@@ -77,15 +86,15 @@ pub fn mint(config: &Config, material: &[SealedSecret]) -> VaultResult<Minted> {
                     .get(&http()?, &kms::call())
                     .map_err(|e| VaultError::Mint(MintError::Signing(format!("the server's AWS credentials: {e}"))))?
             } else {
-                let akid = open(&material[0])?;
-                let secret = open(&material[1])?;
-                let token = material.get(2).map(open).transpose()?;
+                let akid = open(ident, &material[0])?;
+                let secret = open(ident, &material[1])?;
+                let token = material.get(2).map(|m| open(ident, m)).transpose()?;
                 Credentials::new(akid.trim(), Zeroizing::new(secret.trim().to_string()), token.map(|t| Zeroizing::new(t.trim().to_string())), None, "vault secrets")
             };
             eks::token(c, &creds, now).map_err(VaultError::Mint)
         }
         Config::Github(c) => {
-            let pem = open(&material[0])?;
+            let pem = open(ident, &material[0])?;
             let key = github::PrivateKey::from_pem(&pem).map_err(VaultError::Mint)?;
             github::mint(&http()?, &kms::call(), c, &key, now).map_err(VaultError::Mint)
         }

@@ -753,7 +753,7 @@ impl Worker {
             .ok_or_else(|| VaultError::Mint(MintError::Config("the stored provider is not one this version knows".into())))?;
         let config = Config::parse(provider, &d.config).map_err(VaultError::Mint)?;
         let material = txn(|_| Spi::connect(|c| mint::read_material(c, &config)))?;
-        let minted = mint::mint(&config, &material)?;
+        let minted = mint::mint(ident, &config, &material)?;
         drop(material);
         let minted_at = std::time::SystemTime::now();
         let mut keybuf = KeyBuf::new();

@@ -149,15 +149,28 @@ impl Http {
     }
 
     /// One attempt: the answer whatever its status, or why there was none.
-    pub fn send(&self, req: Request, timeout: Duration, interrupted: &dyn Fn() -> bool) -> Result<Response, Transport> {
+    pub fn send(&self, mut req: Request, timeout: Duration, interrupted: &dyn Fn() -> bool) -> Result<Response, Transport> {
         let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| Transport::Broken(e.to_string()))?;
         let mut rb = self.client.request(method, &req.url);
+        let mut invalid = None;
         for (k, v) in &req.headers {
             // Sensitive values (tokens, signatures) are kept out of any
             // Debug output of the request.
-            let mut value = reqwest::header::HeaderValue::from_str(v).map_err(|_| Transport::Broken(format!("header {k} is not valid")))?;
-            value.set_sensitive(true);
-            rb = rb.header(k.as_str(), value);
+            match reqwest::header::HeaderValue::from_str(v) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    rb = rb.header(k.as_str(), value);
+                }
+                Err(_) => invalid = Some(k.clone()),
+            }
+        }
+        // Our copies of the values (a bearer token, a Vault token, a
+        // signature) are wiped now; reqwest's own are beyond our reach.
+        for (_, v) in req.headers.iter_mut() {
+            zeroize::Zeroize::zeroize(v);
+        }
+        if let Some(k) = invalid {
+            return Err(Transport::Broken(format!("header {k} is not valid")));
         }
         // The body may hold key material: it goes to reqwest as a buffer
         // that is wiped when the last reference to it drops (hyper may still
