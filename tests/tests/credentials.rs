@@ -6,13 +6,12 @@
 //! access rules, a streaming standby that serves but never mints, and no
 //! token in the server log, the tables or the data files.
 
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postgres::types::ToSql;
 use secret_vault_it::peers::Moto;
 use secret_vault_it::standins::{base64url_decode, eks_reference_token, rsa_test_key, GithubStandin};
-use secret_vault_it::{db_error, eventually, free_port, stat, Client, Cluster, NoTls};
+use secret_vault_it::{db_error, eventually, files_containing, free_port, stat, Client, Cluster, NoTls};
 
 /// Worker rounds this often in every cluster here, so that a mint due now
 /// happens within a fraction of a second.
@@ -147,19 +146,6 @@ fn query_param<'a>(url: &'a str, name: &str) -> &'a str {
         .split('&')
         .find_map(|kv| kv.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
         .unwrap_or_else(|| panic!("no {name} in {url}"))
-}
-
-fn files_containing(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            files_containing(&p, needle, hits);
-        } else if let Ok(bytes) = std::fs::read(&p) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -2,10 +2,9 @@
 //! sentinel value that must never reach a table, a data file, the WAL or
 //! the server log, whatever the API is asked.
 
-use std::path::Path;
 use std::time::Duration;
 
-use secret_vault_it::{db_error, eventually, stat, Cluster};
+use secret_vault_it::{db_error, eventually, files_containing, stat, Cluster};
 
 const SENTINEL: &str = "SENTINEL-c0ffee-5ecret-9d2b71";
 const SENTINEL2: &str = "SENTINEL-2nd-value-a81f04";
@@ -77,19 +76,6 @@ fn reads_from_another_session_follow_updates_at_once() {
     assert_eq!(read(&mut b, "s"), "two", "rolled-back update never visible");
     a.execute("SELECT vault.delete_secret('s')", &[]).unwrap();
     assert_eq!(db_error(&b.query_one("SELECT vault.read_secret('s')", &[]).unwrap_err()).0, "42704");
-}
-
-fn files_containing(dir: &Path, needle: &[u8], hits: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            files_containing(&p, needle, hits);
-        } else if let Ok(bytes) = std::fs::read(&p) {
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
 }
 
 #[test]
