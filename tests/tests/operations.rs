@@ -64,8 +64,7 @@ fn a_promoted_standby_rotates_on_and_its_old_primary_follows_without_writing() {
         "primary_conninfo = 'host=127.0.0.1 port={} user=postgres'\nrecovery_target_timeline = 'latest'",
         standby.port
     ));
-    let out = as_postgres("chown", &["postgres:postgres", primary.data.join("standby.signal").to_str().unwrap()]);
-    let _ = out;
+    std::process::Command::new("chown").args(["postgres:postgres", primary.data.join("standby.signal").to_str().unwrap()]).status().unwrap();
     primary.start();
     let mut old = primary.client();
     assert!(in_recovery(&mut old), "the old primary is a standby now");
@@ -155,4 +154,105 @@ fn pg_cron_jobs_of_a_non_superuser_administrator_rotate_retire_and_rotate_secret
         .unwrap()
         .get::<_, i64>(0)
         >= 1), "audit: {who}");
+}
+
+/// Data of every kind, for dump and restore.
+fn fill(db: &mut Client) {
+    db.batch_execute(
+        "SELECT vault.create_group('d/sign', propagation_delay => '0');
+         SELECT vault.rotate('d/sign');
+         SELECT vault.create_group('d/col', 'encrypt', propagation_delay => '0');
+         CREATE TABLE t AS SELECT i, vault.encrypt('d/col', int4send(i), 'row') AS ct FROM generate_series(1, 50) i;
+         SELECT vault.create_secret('d/api', 'manual-value');
+         SELECT vault.create_rotating_secret('d/pw', '30 days', grace_period => '1 hour');
+         SELECT vault.rotate_secret('d/pw');
+         CREATE ROLE d_reader IN ROLE vault_reader;
+         SELECT vault.grant_access('d_reader', ARRAY['read'], 'd/*');",
+    )
+    .unwrap();
+}
+
+/// What `fill` made, read back; with `original` (the source database) it
+/// also compares ciphertexts byte for byte: a restore re-encrypts nothing.
+fn check(db: &mut Client, original: Option<&mut Client>) {
+    let n: i64 = db.query_one("SELECT count(*) FROM t WHERE vault.decrypt('d/col', ct, 'row') = int4send(i)", &[]).unwrap().get(0);
+    assert_eq!(n, 50);
+    assert_eq!(version(db, "d/sign"), 2);
+    let api: String = db.query_one("SELECT vault.read_secret('d/api')", &[]).unwrap().get(0);
+    assert_eq!(api, "manual-value");
+    let pw_version: i32 = db.query_one("SELECT current_version FROM vault.secrets WHERE name = 'd/pw'", &[]).unwrap().get(0);
+    assert_eq!(pw_version, 2);
+    let rules: i64 = db.query_one("SELECT count(*) FROM vault.access_rules WHERE role = 'd_reader'", &[]).unwrap().get(0);
+    assert_eq!(rules, 1);
+    let kms: i64 = db.query_one("SELECT count(*) FROM vault.kms_keys", &[]).unwrap().get(0);
+    assert_eq!(kms, 1, "the built-in KMS key row is not duplicated");
+    let audit: Option<i64> = db.query_one("SELECT vault.verify_audit()", &[]).unwrap().get(0);
+    assert_eq!(audit, None, "the audit chain is intact after the restore");
+    if let Some(o) = original {
+        for sql in [
+            "SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY i) FROM t",
+            "SELECT string_agg(encode(current_ciphertext, 'hex'), ',' ORDER BY name) FROM vault.secret_store",
+            "SELECT string_agg(encode(wrapped_key, 'hex'), ',' ORDER BY version) FROM vault.ring_keys",
+            "SELECT pw FROM (SELECT vault.read_secret('d/pw') AS pw) s",
+            "SELECT encode(key, 'hex') FROM vault.current('d/sign')",
+        ] {
+            let a: Option<String> = o.query_one(sql, &[]).unwrap().get(0);
+            let b: Option<String> = db.query_one(sql, &[]).unwrap().get(0);
+            assert_eq!(a, b, "{sql}");
+        }
+    }
+}
+
+fn quiet(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("ERROR") && !err.contains("WARNING") && !err.contains("error:") && !err.contains("warning:"),
+        "{what} said:\n{err}"
+    );
+}
+
+#[test]
+fn dumps_restore_into_another_database_and_a_cluster_with_the_key_and_fail_clearly_without_it() {
+    let c = Cluster::start_with("dump-src", FAST);
+    let mut src = c.client();
+    fill(&mut src);
+    let key_id: String = src.query_one("SELECT kms_key_id FROM vault.ring_keys LIMIT 1", &[]).unwrap().get(0);
+    let custom = c.dir.join("vault.dump");
+    let plain = c.dir.join("vault.sql");
+    c.run_tool("pg_dump", &["-Fc", "-f", custom.to_str().unwrap(), "postgres"]);
+    c.run_tool("pg_dump", &["-Fp", "-f", plain.to_str().unwrap(), "postgres"]);
+
+    // Another database of the same cluster, custom format.
+    src.batch_execute("CREATE DATABASE twin").unwrap();
+    let out = c.run_tool("pg_restore", &["-d", "twin", custom.to_str().unwrap()]);
+    quiet(&out, "pg_restore into twin");
+    check(&mut c.client_db("twin"), Some(&mut src));
+
+    // A new cluster given the same master key, plain format through psql.
+    let key_file = c.dir.join("shared_master.key");
+    std::fs::copy(c.data.join("secret_vault_master.key"), &key_file).unwrap();
+    std::process::Command::new("chown").args(["postgres:postgres", key_file.to_str().unwrap()]).status().unwrap();
+    std::process::Command::new("chmod").args(["600", key_file.to_str().unwrap()]).status().unwrap();
+    let mut other = Cluster::init("dump-dst", true, &[&format!("secret_vault.local_master_key_file = '{}'", key_file.display())]);
+    other.start();
+    let mut dst = other.client();
+    dst.batch_execute("CREATE ROLE d_reader").unwrap_or(());
+    let out = other.run_tool("psql", &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-f", plain.to_str().unwrap()]);
+    quiet(&out, "psql < plain dump");
+    check(&mut other.client(), Some(&mut src));
+    // Restarted cold, it still opens everything.
+    other.restart();
+    check(&mut other.client(), None);
+
+    // A cluster with its own (another) master key: the restore loads, and
+    // the first read says which key is missing.
+    let mut blind = Cluster::init("dump-blind", true, &[]);
+    blind.start();
+    blind.client().batch_execute("CREATE ROLE d_reader").unwrap();
+    let out = blind.run_tool("pg_restore", &["-d", "postgres", custom.to_str().unwrap()]);
+    quiet(&out, "pg_restore into a cluster without the key");
+    let err = blind.client().query_one("SELECT vault.read_secret('d/api')", &[]).unwrap_err();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "55000", "{msg}");
+    assert!(msg.contains(&key_id), "the error names the missing key {key_id}: {msg}");
 }
