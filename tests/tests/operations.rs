@@ -256,3 +256,83 @@ fn dumps_restore_into_another_database_and_a_cluster_with_the_key_and_fail_clear
     assert_eq!(code, "55000", "{msg}");
     assert!(msg.contains(&key_id), "the error names the missing key {key_id}: {msg}");
 }
+
+/// The tables a subscriber takes from its publisher: keys, secrets,
+/// credentials and access rules. Not kms_keys (each node registers its own
+/// KMS keys under the same names: it has the built-in 'local' row already),
+/// nor the audit log (each node keeps its own), nor the re-wrap progress.
+const PUBLISHED: &str = "vault.key_groups, vault.ring_keys, vault.secret_store, vault.secret_values, \
+                         vault.credential_store, vault.access_grants, vault.access_defaults_revoked, vault.allowed_addresses";
+
+#[test]
+fn a_logical_subscriber_serves_the_same_keys_and_takes_over_rotation_after_a_failover() {
+    let mut conf: Vec<&str> = FAST.to_vec();
+    conf.push("wal_level = logical");
+    let publisher = Cluster::start_with("logical-pub", &conf);
+    let mut p = publisher.client();
+    p.batch_execute(
+        "SELECT vault.create_group('l/sign', rotation_interval => '3 seconds', propagation_delay => '0');
+         SELECT vault.create_group('l/col', 'encrypt', propagation_delay => '0');
+         CREATE TABLE t (i int PRIMARY KEY, ct bytea);
+         INSERT INTO t SELECT i, vault.encrypt('l/col', int4send(i)) FROM generate_series(1, 20) i;
+         SELECT vault.create_secret('l/api', 'from-the-publisher');",
+    )
+    .unwrap();
+    p.batch_execute(&format!("CREATE PUBLICATION vault_pub FOR TABLE {PUBLISHED}, public.t")).unwrap();
+
+    // The subscriber: the same master key, rotation off (one node rotates).
+    let key_file = publisher.dir.join("shared_master.key");
+    std::fs::copy(publisher.data.join("secret_vault_master.key"), &key_file).unwrap();
+    std::process::Command::new("chown").args(["postgres:postgres", key_file.to_str().unwrap()]).status().unwrap();
+    std::process::Command::new("chmod").args(["600", key_file.to_str().unwrap()]).status().unwrap();
+    let key_conf = format!("secret_vault.local_master_key_file = '{}'", key_file.display());
+    let mut sub_conf = conf.clone();
+    sub_conf.push(&key_conf);
+    sub_conf.push("secret_vault.rotation = off");
+    let subscriber = Cluster::start_with("logical-sub", &sub_conf);
+    let mut s = subscriber.client();
+    s.batch_execute("CREATE TABLE t (i int PRIMARY KEY, ct bytea)").unwrap();
+    s.batch_execute(&format!(
+        "CREATE SUBSCRIPTION vault_sub CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres' PUBLICATION vault_pub",
+        publisher.port
+    ))
+    .unwrap();
+
+    // Same keys, secrets and ciphertexts; rotations arrive.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            s.query_one("SELECT count(*) FROM t WHERE vault.decrypt('l/col', ct) = int4send(i)", &[])
+                .map(|r| r.get::<_, i64>(0) == 20)
+                .unwrap_or(false)
+        }),
+        "the subscriber decrypts the publisher's data\n{}",
+        subscriber.log()
+    );
+    let api: String = s.query_one("SELECT vault.read_secret('l/api')", &[]).unwrap().get(0);
+    assert_eq!(api, "from-the-publisher");
+    let pv = version(&mut p, "l/sign");
+    assert!(eventually(Duration::from_secs(20), || version(&mut s, "l/sign") > pv), "rotations reach the subscriber");
+    let v = version(&mut s, "l/sign");
+    assert_eq!(key(&mut s, "l/sign", v), key(&mut p, "l/sign", v));
+    let ct: Vec<u8> = s.query_one("SELECT vault.encrypt('l/col', 'written on the subscriber')", &[]).unwrap().get(0);
+    let back: Vec<u8> = p.query_one("SELECT vault.decrypt('l/col', $1)", &[&ct]).unwrap().get(0);
+    assert_eq!(back, b"written on the subscriber", "ciphertexts travel both ways");
+
+    assert!(!subscriber.log().contains("rotated key group"), "the subscriber never rotated while subscribed");
+
+    // Failover: the publisher is gone, the subscriber stops subscribing and
+    // turns rotation on; versions continue without a conflict.
+    drop(p);
+    drop(publisher);
+    s.batch_execute("ALTER SUBSCRIPTION vault_sub DISABLE").unwrap();
+    s.batch_execute("ALTER SUBSCRIPTION vault_sub SET (slot_name = NONE)").unwrap();
+    s.batch_execute("DROP SUBSCRIPTION vault_sub").unwrap();
+    let before = version(&mut s, "l/sign");
+    s.batch_execute("ALTER SYSTEM SET secret_vault.rotation = on").unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").unwrap();
+    assert!(eventually(Duration::from_secs(20), || version(&mut s, "l/sign") >= before + 2), "the new writer rotates\n{}", subscriber.log());
+    assert_eq!(key(&mut s, "l/sign", before).len(), 32);
+    s.batch_execute("SELECT vault.update_secret('l/api', 'after-failover')").unwrap();
+    let api: String = s.query_one("SELECT vault.read_secret('l/api')", &[]).unwrap().get(0);
+    assert_eq!(api, "after-failover");
+}
