@@ -308,8 +308,10 @@ fn a_logical_subscriber_serves_the_same_keys_and_takes_over_rotation_after_a_fai
         "the subscriber decrypts the publisher's data\n{}",
         subscriber.log()
     );
-    let api: String = s.query_one("SELECT vault.read_secret('l/api')", &[]).unwrap().get(0);
-    assert_eq!(api, "from-the-publisher");
+    // Tables are copied independently: the secrets may come after t.
+    assert!(eventually(Duration::from_secs(20), || {
+        s.query_one("SELECT vault.read_secret('l/api')", &[]).map(|r| r.get::<_, String>(0) == "from-the-publisher").unwrap_or(false)
+    }));
     let pv = version(&mut p, "l/sign");
     assert!(eventually(Duration::from_secs(20), || version(&mut s, "l/sign") > pv), "rotations reach the subscriber");
     let v = version(&mut s, "l/sign");
@@ -320,8 +322,21 @@ fn a_logical_subscriber_serves_the_same_keys_and_takes_over_rotation_after_a_fai
 
     assert!(!subscriber.log().contains("rotated key group"), "the subscriber never rotated while subscribed");
 
-    // Failover: the publisher is gone, the subscriber stops subscribing and
-    // turns rotation on; versions continue without a conflict.
+    // Failover, planned: the publisher stops rotating, the subscriber
+    // catches up (every table synchronised, the same version), the
+    // publisher goes away; the subscriber stops subscribing and turns
+    // rotation on. Versions continue without a conflict.
+    p.batch_execute("ALTER SYSTEM SET secret_vault.rotation = off").unwrap();
+    p.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let last = version(&mut p, "l/sign");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let pending: i64 = s.query_one("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'", &[]).unwrap().get(0);
+            pending == 0 && version(&mut s, "l/sign") == last
+        }),
+        "the subscriber caught up"
+    );
     drop(p);
     drop(publisher);
     s.batch_execute("ALTER SUBSCRIPTION vault_sub DISABLE").unwrap();
