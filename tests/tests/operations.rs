@@ -32,7 +32,7 @@ fn a_promoted_standby_rotates_on_and_its_old_primary_follows_without_writing() {
     )
     .unwrap();
     assert!(eventually(Duration::from_secs(10), || version(&mut p, "ops/sign") >= 2), "the primary rotates");
-    let mut standby = primary.standby("ops-standby", FAST);
+    let standby = primary.standby("ops-standby", FAST);
     let mut s = standby.client();
     assert!(in_recovery(&mut s));
 
