@@ -14,6 +14,20 @@ fn ts(micros: i64) -> Option<TimestampWithTimeZone> {
     (micros != 0).then(|| TimestampWithTimeZone::try_from(micros).ok()).flatten()
 }
 
+/// Whether this server's workers rotate (and mint, and re-wrap): "on",
+/// "off" (`secret_vault.rotation`, as on a logical subscriber) or
+/// "standby" (in recovery: nothing is written).
+fn rotation() -> String {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        "standby"
+    } else if crate::guc::ROTATION.get() {
+        "on"
+    } else {
+        "off"
+    }
+    .to_string()
+}
+
 /// One row of counters since server start.
 // pgrx reads the column names from the inline `name!()` tuple; an alias hides them.
 #[allow(clippy::type_complexity)]
@@ -37,6 +51,7 @@ fn stats() -> TableIterator<'static, (
     name!(kms_calls_local, i64),
     name!(kms_calls_aws, i64),
     name!(kms_calls_transit, i64),
+    name!(rotation, String),
 )> {
     let (cached, slots) =
         shmem::with_shared(|c| (c.cached_groups().len() as i32, c.slots() as i32)).unwrap_or((0, 0));
@@ -66,9 +81,10 @@ fn stats() -> TableIterator<'static, (
                 n(&c.kms_calls_local),
                 n(&c.kms_calls_aws),
                 n(&c.kms_calls_transit),
+                rotation(),
             )
         }
-        None => (0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, 0, None, None, 0, 0, 0),
+        None => (0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, 0, None, None, 0, 0, 0, rotation()),
     };
     TableIterator::once(row)
 }

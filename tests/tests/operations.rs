@@ -35,6 +35,8 @@ fn a_promoted_standby_rotates_on_and_its_old_primary_follows_without_writing() {
     let standby = primary.standby("ops-standby", FAST);
     let mut s = standby.client();
     assert!(in_recovery(&mut s));
+    let said: String = s.query_one("SELECT rotation FROM vault.stats()", &[]).unwrap().get(0);
+    assert_eq!(said, "standby");
 
     // The primary goes away cleanly (its last WAL reaches the standby), the
     // standby is promoted.
@@ -321,6 +323,8 @@ fn a_logical_subscriber_serves_the_same_keys_and_takes_over_rotation_after_a_fai
     assert_eq!(back, b"written on the subscriber", "ciphertexts travel both ways");
 
     assert!(!subscriber.log().contains("rotated key group"), "the subscriber never rotated while subscribed");
+    let said: String = s.query_one("SELECT rotation FROM vault.stats()", &[]).unwrap().get(0);
+    assert_eq!(said, "off", "vault.stats() says the subscriber does not rotate");
 
     // Failover, planned: the publisher stops rotating, the subscriber
     // catches up (every table synchronised, the same version), the
@@ -346,6 +350,8 @@ fn a_logical_subscriber_serves_the_same_keys_and_takes_over_rotation_after_a_fai
     s.batch_execute("ALTER SYSTEM SET secret_vault.rotation = on").unwrap();
     s.batch_execute("SELECT pg_reload_conf()").unwrap();
     assert!(eventually(Duration::from_secs(20), || version(&mut s, "l/sign") >= before + 2), "the new writer rotates\n{}", subscriber.log());
+    let said: String = s.query_one("SELECT rotation FROM vault.stats()", &[]).unwrap().get(0);
+    assert_eq!(said, "on");
     assert_eq!(key(&mut s, "l/sign", before).len(), 32);
     s.batch_execute("SELECT vault.update_secret('l/api', 'after-failover')").unwrap();
     let api: String = s.query_one("SELECT vault.read_secret('l/api')", &[]).unwrap().get(0);
