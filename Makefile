@@ -93,6 +93,7 @@ test-integration:
 # 0.1.0 -> current: builds the 0.1.0 release, upgrades a cluster it made,
 # compares with a fresh install; leaves the current build installed.
 test-upgrade: deps
+	scripts/check_released.sh
 	scripts/upgrade_test.sh
 
 ## ---- benchmarks (release build, throwaway cluster) ---------------------------
