@@ -39,25 +39,47 @@ impl Drop for Bao {
 }
 
 impl Bao {
-    /// A dev server with transit enabled at `transit/`.
+    /// A dev server with transit enabled at `transit/`. It also binds a
+    /// cluster listener on port + 1, so both are picked free; they are
+    /// released before the server binds them and another test's server may
+    /// take one first: a server that exits or does not answer is started
+    /// again on other ports (three tries), and its own output is shown if
+    /// none comes up.
     fn start() -> Bao {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let bin = bao_binary();
-        let child = Command::new(&bin)
-            .args(["server", "-dev", &format!("-dev-listen-address=127.0.0.1:{port}"), "-dev-root-token-id=root"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} (run `make deps-peers`): {e}", bin.display()));
-        let http = Http::new(None, Duration::from_secs(1)).unwrap();
-        let bao = Bao { port, child, http, dir: tempfile::tempdir().unwrap() };
-        let start = Instant::now();
-        while bao.try_api("root", "GET", "sys/health", None).map(|r| r.0) != Some(200) {
-            assert!(start.elapsed() < Duration::from_secs(30), "OpenBao did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(50));
+        let mut last_output = String::new();
+        for _ in 0..3 {
+            let port = loop {
+                let p = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                    break p;
+                }
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("bao.log");
+            let child = Command::new(&bin)
+                .args(["server", "-dev", &format!("-dev-listen-address=127.0.0.1:{port}"), "-dev-root-token-id=root"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{} (run `make deps-peers`): {e}", bin.display()));
+            let http = Http::new(None, Duration::from_secs(1)).unwrap();
+            let mut bao = Bao { port, child, http, dir };
+            let start = Instant::now();
+            loop {
+                if bao.try_api("root", "GET", "sys/health", None).map(|r| r.0) == Some(200) {
+                    bao.ok("POST", "sys/mounts/transit", json!({"type": "transit"}));
+                    return bao;
+                }
+                let exited = matches!(bao.child.try_wait(), Ok(Some(_)));
+                if exited || start.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            last_output = std::fs::read_to_string(&log).unwrap_or_default();
         }
-        bao.ok("POST", "sys/mounts/transit", json!({"type": "transit"}));
-        bao
+        panic!("OpenBao did not start in three tries; its last output:\n{last_output}");
     }
 
     fn address(&self) -> String {
