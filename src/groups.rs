@@ -17,10 +17,6 @@ use secret_vault_core::access::Privilege;
 /// How often a rotation retries after losing a race for the next version.
 const ROTATE_ATTEMPTS: usize = 8;
 
-fn span(iv: &Interval) -> Span {
-    Span { months: iv.months(), days: iv.days(), micros: iv.micros() }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn create_group_impl(
     name: Option<&str>,
@@ -37,8 +33,8 @@ fn create_group_impl(
     let propagation_delay = required(propagation_delay, "propagation_delay")?;
     let settings = GroupSettings {
         purpose,
-        rotation_interval: rotation_interval.as_ref().map(span),
-        propagation_delay: span(&propagation_delay),
+        rotation_interval: rotation_interval.as_ref().map(catalog::span),
+        propagation_delay: catalog::span(&propagation_delay),
         ring_size: required(ring_size, "ring_size")?,
         key_bytes: required(key_bytes, "key_bytes")?,
     };

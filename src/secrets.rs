@@ -15,7 +15,7 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use secret_vault_core::cache::KeyBuf;
-use secret_vault_core::policy::{self, Purpose, Span};
+use secret_vault_core::policy::{self, Purpose};
 use secret_vault_core::secret::{self, Generator};
 use secret_vault_core::format::{self, Binding};
 use secret_vault_core::PolicyError;
@@ -257,10 +257,6 @@ fn sealing_allowed(action: &'static str, key_group: Option<&str>) {
     }
 }
 
-fn span(iv: &Interval) -> Span {
-    Span { months: iv.months(), days: iv.days(), micros: iv.micros() }
-}
-
 /// Stores a secret whose values are generated and rotated on a schedule.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
@@ -278,8 +274,8 @@ fn create_rotating_secret(
         let interval = required(rotation_interval, "rotation_interval")?;
         let grace = required(grace_period, "grace_period")?;
         let spec = required(generator, "generator")?;
-        policy::validate_interval("rotation_interval", span(&interval), true)?;
-        policy::validate_interval("grace_period", span(&grace), false)?;
+        policy::validate_interval("rotation_interval", catalog::span(&interval), true)?;
+        policy::validate_interval("grace_period", catalog::span(&grace), false)?;
         catalog::check_schedule("rotation_interval", &interval, true)?;
         catalog::check_schedule("grace_period", &grace, false)?;
         let value = Generator::parse(spec)?.generate();

@@ -20,7 +20,7 @@ use secret_vault_core::access::Privilege;
 use secret_vault_core::cache::KeyBuf;
 use secret_vault_core::credentials::{open_payload, Config, Provider};
 use secret_vault_core::format::{self, Binding};
-use secret_vault_core::policy::{self, Purpose, Span};
+use secret_vault_core::policy::{self, Purpose};
 use secret_vault_core::PolicyError;
 
 use crate::error::{require_writable, required, OrRaise, VaultError, VaultResult};
@@ -28,10 +28,6 @@ use crate::keyring::{self, Want};
 use crate::kms::registry::require_superuser;
 use crate::secrets::SecretText;
 use crate::{access, catalog, identity, secret_store, secrets};
-
-fn span(iv: &Interval) -> Span {
-    Span { months: iv.months(), days: iv.days(), micros: iv.micros() }
-}
 
 /// The provider and config, checked; errors name no value.
 fn parse(provider: Option<&str>, config: Option<&JsonB>) -> VaultResult<(Provider, Config)> {
@@ -75,7 +71,7 @@ fn create_credential(
         require_writable("create a credential")?;
         policy::validate_name("credential", name)?;
         let refresh = required(refresh_before, "refresh_before")?;
-        policy::validate_interval("refresh_before", span(&refresh), true)?;
+        policy::validate_interval("refresh_before", catalog::span(&refresh), true)?;
         catalog::check_schedule("refresh_before", &refresh, true)?;
         Spi::connect_mut(|client| {
             for s in parsed.secrets() {

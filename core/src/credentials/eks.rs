@@ -53,14 +53,7 @@ pub fn token(config: &EksConfig, creds: &Credentials, now: SystemTime) -> Result
     base.set_query(Some(ACTION));
     let url = base.to_string();
 
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id(),
-        creds.secret_access_key(),
-        creds.session_token().map(str::to_string),
-        creds.expiry(),
-        "secret_vault",
-    )
-    .into();
+    let identity = creds.for_signer().into();
     let mut settings = SigningSettings::default();
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(URL_EXPIRES);

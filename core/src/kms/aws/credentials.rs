@@ -82,6 +82,18 @@ impl Credentials {
         self.expiry
     }
 
+    /// As the type AWS's signer takes (it keeps the secret in a zeroizing
+    /// buffer).
+    pub fn for_signer(&self) -> aws_credential_types::Credentials {
+        aws_credential_types::Credentials::new(
+            self.access_key_id(),
+            self.secret_access_key(),
+            self.session_token().map(str::to_string),
+            self.expiry(),
+            "secret_vault",
+        )
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }

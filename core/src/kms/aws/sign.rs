@@ -21,15 +21,7 @@ pub fn sign_request(
     time: SystemTime,
 ) -> Result<(), KmsError> {
     let failed = |e: &dyn std::error::Error| KmsError::Config(format!("cannot sign the request to {service}: {e}"));
-    // The signer's identity type; it keeps the secret in a zeroizing buffer.
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id(),
-        creds.secret_access_key(),
-        creds.session_token().map(str::to_string),
-        creds.expiry(),
-        "secret_vault",
-    )
-    .into();
+    let identity = creds.for_signer().into();
     let params = SigningParams::builder()
         .identity(&identity)
         .region(region)
