@@ -539,7 +539,7 @@ impl Worker {
             txn(|_| {
                 Spi::connect_mut(|c| {
                     if let Ok(id) = &found {
-                        if rewrap::record_key_id(c, &k.name, id)? {
+                        if rewrap::record_key_id(c, &k.name, id)? == rewrap::KeyIdChange::Moved {
                             // A WARNING: an alias moved by someone with access to
                             // the KMS account makes every row follow it.
                             pgrx::warning!(

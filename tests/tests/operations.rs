@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use secret_vault_it::{as_postgres, db_error, eventually, Client, Cluster};
+use secret_vault_it::{as_postgres, db_error, eventually, extension_available, pg_major, Client, Cluster};
 
 const FAST: &[&str] = &["secret_vault.worker_interval = 200ms", "secret_vault.sync_interval = 200ms"];
 
@@ -97,6 +97,13 @@ fn a_promoted_standby_rotates_on_and_its_old_primary_follows_without_writing() {
 
 #[test]
 fn pg_cron_jobs_of_a_non_superuser_administrator_rotate_retire_and_rotate_secrets() {
+    // Debian packages pg_cron for its own PostgreSQL (15) only, and no
+    // registry we can reach has it for 18: there the test says so and stops.
+    // On 15 a missing pg_cron is a failure (the Makefile installs it).
+    if pg_major() != 15 && !extension_available("pg_cron") {
+        eprintln!("SKIPPED on PostgreSQL {}: pg_cron is not installed for it", pg_major());
+        return;
+    }
     let mut c = Cluster::init(
         "ops-cron",
         true,
