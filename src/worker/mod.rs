@@ -129,6 +129,9 @@ struct Worker {
     rewrap_allowance: f64,
     rewrap_filled_at: Option<Instant>,
     last_audit_prune: Option<Instant>,
+    /// Whether vault.change_seq was moved past every stored value since this
+    /// worker last became the writer (see `catch_up_change_seq`).
+    change_seq_caught_up: bool,
 }
 
 #[pg_guard]
@@ -162,6 +165,7 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         rewrap_allowance: 0.0,
         rewrap_filled_at: None,
         last_audit_prune: None,
+        change_seq_caught_up: false,
     };
     // A row lock held by a session (an open transaction that rotated or
     // updated the item) must not stall every other item: waits end after
@@ -240,7 +244,13 @@ impl Worker {
         };
         self.forget_incarnation(Some(ident.extension));
         let writable = !unsafe { pg_sys::RecoveryInProgress() };
+        if !(writable && guc::ROTATION.get()) {
+            self.change_seq_caught_up = false;
+        }
         if writable && guc::ROTATION.get() {
+            if !self.change_seq_caught_up {
+                self.step("change sequence catch-up", |w| w.catch_up_change_seq());
+            }
             self.step("re-binding keys written by 0.1.0", |w| w.rebind_legacy());
             self.step("scheduled group rotation", |w| w.rotate_due());
             self.step("scheduled secret rotation", |w| w.rotate_due_secrets(&ident));
@@ -517,6 +527,20 @@ impl Worker {
             self.outcome(ItemKind::CacheWarm, id, &pgrx::Uuid::from_bytes(*id).to_string(), r);
             free -= 1;
         }
+        Ok(())
+    }
+
+    /// When this node becomes the writer (a start, a promotion, rotation
+    /// turned on on a former subscriber): logical replication carries rows
+    /// but not sequences, so a promoted subscriber's vault.change_seq may
+    /// lag the values its replicated rows hold. Caches treat an equal
+    /// change_seq as "unchanged", so a number handed out twice could keep a
+    /// stale copy alive; move the sequence past every stored value first.
+    fn catch_up_change_seq(&mut self) -> VaultResult<()> {
+        if let Some(to) = txn(|_| Spi::connect_mut(catalog::catch_up_change_seq))? {
+            pgrx::log!("secret_vault worker: vault.change_seq moved to {to}, past values replicated or restored into this database");
+        }
+        self.change_seq_caught_up = true;
         Ok(())
     }
 

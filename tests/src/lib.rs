@@ -245,6 +245,15 @@ impl Cluster {
         self.start();
     }
 
+    /// Stops the server as a crash would (immediate mode: no shutdown
+    /// checkpoint, connections cut).
+    pub fn crash(&mut self) {
+        if self.running {
+            as_postgres("pg_ctl", &["-D", self.data.to_str().unwrap(), "-w", "-m", "immediate", "stop"]);
+            self.running = false;
+        }
+    }
+
     pub fn conninfo(&self, db: &str) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=10", self.port)
     }
