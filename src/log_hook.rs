@@ -570,7 +570,8 @@ unsafe fn redact_error(e: &mut pg_sys::ErrorData) {
         rewrite(redact_message(m, query, sql, &mut values, blunt && !statement_log), FIXED_MESSAGE)
     });
     let detail = detail.map_or(Rewrite::Keep, |d| {
-        if statement_log && d.starts_with(b"parameters: ") {
+        // "parameters: " up to 15, "Parameters: " from 16 on.
+        if statement_log && (d.starts_with(b"parameters: ") || d.starts_with(b"Parameters: ")) {
             Rewrite::Fixed(FIXED_PARAMETERS)
         } else if statement_log && d.starts_with(b"prepare: ") {
             rewrite(redact_sql(d, b"prepare: ".len(), sql, &mut values), FIXED_DETAIL)

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use secret_vault_it::{db_error, eventually, stat, Cluster};
+use secret_vault_it::{db_error, eventually, pg_major, stat, Cluster};
 
 fn worker_pid(db: &mut postgres::Client) -> Option<i32> {
     db.query_one("SELECT pid FROM vault.workers WHERE database = current_database()", &[]).ok().and_then(|r| r.get(0))
@@ -143,9 +143,12 @@ fn a_huge_encrypt_under_a_memory_limit_is_an_error_and_the_server_stays_up() {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .expect("VmSize");
-    // Room for the 400 MiB input (made twice: repeat, then convert_to),
-    // not for the ciphertext as well.
-    let limit = (vm_kb + 1000 * 1024) * 1024;
+    // Room for the 400 MiB input, not for the ciphertext as well. On 15 the
+    // input is made twice (repeat, then convert_to's copy); 18's convert_to
+    // hands back its argument when the encodings match. The assertion on the
+    // failed request's size below keeps either budget honest.
+    let input_copies = if pg_major() >= 18 { 1 } else { 2 };
+    let limit = (vm_kb + (input_copies * 400 + 200) * 1024) * 1024;
     // As the server's own user: lowering a limit needs no privilege then.
     let out = std::process::Command::new("runuser")
         .args(["-u".into(), "postgres".into(), "--".into(), "prlimit".into(), format!("--pid={pid}"), format!("--as={limit}:{limit}")])
