@@ -14,16 +14,20 @@ fn ts(micros: i64) -> Option<TimestampWithTimeZone> {
     (micros != 0).then(|| TimestampWithTimeZone::try_from(micros).ok()).flatten()
 }
 
-/// Whether this server's workers rotate (and mint, and re-wrap): "on",
-/// "off" (`secret_vault.rotation`, as on a logical subscriber) or
-/// "standby" (in recovery: nothing is written).
+/// Whether this database's worker rotates (and mints, and re-wraps):
+/// "on", "off" (`secret_vault.rotation`, as on a logical subscriber),
+/// "subscribed" (rotation on, but this database subscribes to the vault
+/// tables, so the worker holds off) or "standby" (in recovery: nothing is
+/// written).
 fn rotation() -> String {
     if unsafe { pg_sys::RecoveryInProgress() } {
         "standby"
-    } else if crate::guc::ROTATION.get() {
-        "on"
-    } else {
+    } else if !crate::guc::ROTATION.get() {
         "off"
+    } else if Spi::connect(|c| crate::catalog::vault_subscription(&c)).ok().flatten().is_some() {
+        "subscribed"
+    } else {
+        "on"
     }
     .to_string()
 }

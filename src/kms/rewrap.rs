@@ -127,6 +127,21 @@ pub fn record_key_id(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &s
     })
 }
 
+/// Records a KMS key's current material, with a WARNING when it moved:
+/// an alias moved by someone with access to the KMS account makes every
+/// row follow it, so whichever path notices the move first (the worker's
+/// check, its re-wrap pass, `vault.rewrap()`) says so.
+pub fn record_key_id_noting_moves(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &str) -> VaultResult<()> {
+    if record_key_id(c, kms_key, key_id)? == KeyIdChange::Moved {
+        pgrx::warning!(
+            "secret_vault: KMS key \"{}\" now wraps with {}; its rows will be re-wrapped",
+            kms_key.escape_debug(),
+            key_id.escape_debug()
+        );
+    }
+    Ok(())
+}
+
 /// What recording a KMS key's current material did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyIdChange {
@@ -222,7 +237,7 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
             for (k, r) in &found {
                 match r {
                     Ok(id) => {
-                        record_key_id(c, &k.name, id)?;
+                        record_key_id_noting_moves(c, &k.name, id)?;
                         note(c, &k.name, 0, true, None)?;
                     }
                     Err(msg) => {

@@ -132,6 +132,9 @@ struct Worker {
     /// Whether vault.change_seq was moved past every stored value since this
     /// worker last became the writer (see `catch_up_change_seq`).
     change_seq_caught_up: bool,
+    /// Whether the last round held off rotating for a subscription (the
+    /// WARNING is said once per episode).
+    held_off_for_subscription: bool,
 }
 
 #[pg_guard]
@@ -166,6 +169,7 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         rewrap_filled_at: None,
         last_audit_prune: None,
         change_seq_caught_up: false,
+        held_off_for_subscription: false,
     };
     // A row lock held by a session (an open transaction that rotated or
     // updated the item) must not stall every other item: waits end after
@@ -244,13 +248,35 @@ impl Worker {
         };
         self.forget_incarnation(Some(ident.extension));
         let writable = !unsafe { pg_sys::RecoveryInProgress() };
-        if !(writable && guc::ROTATION.get()) {
+        // A subscriber left with rotation on must not rotate: its versions
+        // would fork from the publisher's and stop the subscription.
+        let rotating = writable && guc::ROTATION.get() && {
+            // Unknown (the lookup failed): hold off this round, fail closed.
+            let sub = match txn(|_| Spi::connect(|c| catalog::vault_subscription(&c))) {
+                Ok(sub) => sub,
+                Err(e) => {
+                    record_error(self.slot, "subscription check", e);
+                    Some(String::new())
+                }
+            };
+            if sub.is_some() && !self.held_off_for_subscription {
+                pgrx::warning!(
+                    "secret_vault worker: not rotating: this database subscribes to the vault tables (subscription \"{}\"); set secret_vault.rotation = off here",
+                    sub.as_deref().unwrap_or_default().escape_debug()
+                );
+            }
+            self.held_off_for_subscription = sub.is_some();
+            sub.is_none()
+        };
+        if !rotating {
             self.change_seq_caught_up = false;
         }
-        if writable && guc::ROTATION.get() {
-            if !self.change_seq_caught_up {
-                self.step("change sequence catch-up", |w| w.catch_up_change_seq());
-            }
+        if rotating && !self.change_seq_caught_up {
+            self.step("change sequence catch-up", |w| w.catch_up_change_seq());
+        }
+        // Nothing is written with a change number that may be handed out
+        // twice: until the catch-up succeeds, this node does not rotate.
+        if rotating && self.change_seq_caught_up {
             self.step("re-binding keys written by 0.1.0", |w| w.rebind_legacy());
             self.step("scheduled group rotation", |w| w.rotate_due());
             self.step("scheduled secret rotation", |w| w.rotate_due_secrets(&ident));
@@ -563,15 +589,7 @@ impl Worker {
             txn(|_| {
                 Spi::connect_mut(|c| {
                     if let Ok(id) = &found {
-                        if rewrap::record_key_id(c, &k.name, id)? == rewrap::KeyIdChange::Moved {
-                            // A WARNING: an alias moved by someone with access to
-                            // the KMS account makes every row follow it.
-                            pgrx::warning!(
-                                "secret_vault worker: KMS key \"{}\" now wraps with {}; its rows will be re-wrapped",
-                                k.name.escape_debug(),
-                                id.escape_debug()
-                            );
-                        }
+                        rewrap::record_key_id_noting_moves(c, &k.name, id)?;
                     }
                     rewrap::note(c, &k.name, 0, found.is_ok(), error.as_deref())
                 })
@@ -619,7 +637,7 @@ impl Worker {
                         // recorded one is older (an alias moved since the
                         // last check), record it, so rows are not moved twice.
                         if stored && cand.to_key_id.as_deref() != Some(key_id.as_str()) && cand.row.kms.name == cand.to.name {
-                            rewrap::record_key_id(c, &cand.to.name, &key_id)?;
+                            rewrap::record_key_id_noting_moves(c, &cand.to.name, &key_id)?;
                         }
                         Ok::<_, VaultError>(stored)
                     })

@@ -130,13 +130,19 @@ fn pg_cron_jobs_of_a_non_superuser_administrator_rotate_retire_and_rotate_secret
     let pw_before: String = su.query_one("SELECT vault.read_secret('cron/pw')", &[]).unwrap().get(0);
 
     let mut admin = Client::connect(&format!("{} user=ops_admin", c.conninfo("postgres")), secret_vault_it::NoTls).unwrap();
-    // pg_cron 1.4 schedules by the minute: one job does a round of policy.
-    admin
-        .batch_execute(
-            "SELECT cron.schedule('vault-policy', '* * * * *',
-                 $$SELECT vault.rotate('cron/sign'); SELECT vault.retire('cron/sign', 2); SELECT vault.rotate_secret('cron/pw')$$);",
-        )
-        .unwrap();
+    // pg_cron 1.4 schedules by the minute: one job does a round of policy,
+    // docs/operations.md's job as written there, keeping 1 version instead
+    // of 4 (so that its first run retires version 1).
+    let job = "$$SELECT vault.rotate('cron/sign');
+    SELECT vault.retire('cron/sign', (SELECT GREATEST(current_version - 3, 1) FROM vault.groups WHERE name = 'cron/sign'));
+    SELECT vault.rotate_secret('cron/pw')$$";
+    let documented = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md")).unwrap();
+    assert!(
+        documented.contains(&job.replace("cron/sign", "app/sign").replace("cron/pw", "db/app-password")),
+        "the job is the one docs/operations.md shows"
+    );
+    let job = job.replace("current_version - 3", "current_version - 0");
+    admin.batch_execute(&format!("SELECT cron.schedule('vault-policy', '* * * * *', {job});")).unwrap();
     let owner: String = su.query_one("SELECT username FROM cron.job WHERE jobname = 'vault-policy'", &[]).unwrap().get(0);
     assert_eq!(owner, "ops_admin");
     assert!(
@@ -390,6 +396,25 @@ fn a_logical_subscriber_serves_the_same_keys_and_takes_over_rotation_after_a_fai
     assert!(!subscriber.log().contains("rotated key group"), "the subscriber never rotated while subscribed");
     let said: String = s.query_one("SELECT rotation FROM vault.stats()", &[]).unwrap().get(0);
     assert_eq!(said, "off", "vault.stats() says the subscriber does not rotate");
+
+    // Rotation turned on by mistake while subscribed: the worker holds off
+    // (its versions would fork from the publisher's), says so once, and
+    // vault.stats() says why.
+    s.batch_execute("ALTER SYSTEM SET secret_vault.rotation = on").unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || subscriber.log().contains("not rotating: this database subscribes to the vault tables")),
+        "the worker says it holds off\n{}",
+        subscriber.log()
+    );
+    let said: String = s.query_one("SELECT rotation FROM vault.stats()", &[]).unwrap().get(0);
+    assert_eq!(said, "subscribed");
+    let pv = version(&mut p, "l/sign");
+    assert!(eventually(Duration::from_secs(20), || version(&mut s, "l/sign") > pv), "rotations still arrive from the publisher");
+    assert!(!subscriber.log().contains("rotated key group"), "the subscriber never rotated while subscribed");
+    assert_eq!(subscriber.log().matches("not rotating: this database subscribes").count(), 1, "said once");
+    s.batch_execute("ALTER SYSTEM SET secret_vault.rotation = off").unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").unwrap();
 
     // Failover, planned: the publisher stops rotating, the subscriber
     // catches up (the same version), the publisher goes away; the
