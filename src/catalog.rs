@@ -445,6 +445,48 @@ fn bump_change_seq(client: &mut SpiClient<'_>, group: &GroupId) -> VaultResult<(
     Ok(())
 }
 
+/// The name of an enabled subscription of this database that replicates
+/// vault.key_groups, if any: such a node takes its keys from a publisher,
+/// and a rotation of its own would fork the version numbers.
+pub fn vault_subscription(client: &SpiClient<'_>) -> VaultResult<Option<String>> {
+    let rows = client.select(
+        &sql("SELECT s.subname::pg_catalog.text FROM pg_catalog.pg_subscription_rel r
+                JOIN pg_catalog.pg_subscription s ON s.oid OPERATOR(pg_catalog.=) r.srsubid
+               WHERE s.subenabled AND r.srrelid OPERATOR(pg_catalog.=) 'vault.key_groups'::pg_catalog.regclass
+               ORDER BY 1 LIMIT 1")?,
+        None,
+        &[],
+    )?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(rows.first().get::<String>(1)?)
+}
+
+/// Moves vault.change_seq past the largest change_seq stored in any table
+/// (rows that arrived by logical replication or a partial restore carry
+/// numbers this node's sequence never handed out); returns the new value
+/// if it had to move.
+pub fn catch_up_change_seq(client: &mut SpiClient<'_>) -> VaultResult<Option<i64>> {
+    let rows = client.update(
+        &sql("SELECT pg_catalog.setval('vault.change_seq'::pg_catalog.regclass, m)
+                FROM (SELECT pg_catalog.max(v) AS m FROM (
+                        SELECT pg_catalog.max(change_seq) FROM vault.key_groups
+                        UNION ALL SELECT pg_catalog.max(change_seq) FROM vault.secret_store
+                        UNION ALL SELECT pg_catalog.max(change_seq) FROM vault.access_grants
+                        UNION ALL SELECT pg_catalog.max(change_seq) FROM vault.access_defaults_revoked
+                        UNION ALL SELECT pg_catalog.max(change_seq) FROM vault.allowed_addresses) AS t(v)) AS stored,
+                     vault.change_seq AS s
+               WHERE m OPERATOR(pg_catalog.>) s.last_value OR (m OPERATOR(pg_catalog.=) s.last_value AND NOT s.is_called)")?,
+        None,
+        &[],
+    )?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(rows.first().get::<i64>(1)?)
+}
+
 /// Deletes a group; its wrapped keys go with it (ON DELETE CASCADE).
 pub fn delete_group(client: &mut SpiClient<'_>, id: &GroupId) -> VaultResult<bool> {
     let rows = client.update(

@@ -133,7 +133,7 @@ unsafe extern "C-unwind" fn utility(
                 // else could keep a database's worker stopped by retrying it.
                 // A standby refuses these commands anyway.
                 let may = !pg_sys::RecoveryInProgress()
-                    && (pg_sys::superuser() || pg_sys::pg_database_ownercheck(oid, pg_sys::GetUserId()));
+                    && (pg_sys::superuser() || owns_database(oid));
                 if oid != pg_sys::InvalidOid && may {
                     registry::suspend(oid.to_u32(), SUSPEND_MICROS, std::time::Duration::from_secs(10));
                 }
@@ -146,5 +146,18 @@ unsafe extern "C-unwind" fn utility(
             Some(prev) => prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
             None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
         }
+    }
+}
+
+/// Whether the current user owns database `oid` (PostgreSQL 16 folded the
+/// per-kind owner checks into one).
+unsafe fn owns_database(oid: pg_sys::Oid) -> bool {
+    #[cfg(feature = "pg15")]
+    unsafe {
+        pg_sys::pg_database_ownercheck(oid, pg_sys::GetUserId())
+    }
+    #[cfg(not(feature = "pg15"))]
+    unsafe {
+        pg_sys::object_ownercheck(pg_sys::DatabaseRelationId, oid, pg_sys::GetUserId())
     }
 }

@@ -446,7 +446,16 @@ fn redact_message(
     values: &mut Scrubber,
     blunt: bool,
 ) -> redact::Result<Option<Vec<u8>>> {
+    let plan = Marks::is_explain_plan(m);
     let Some((at, q)) = query.filter(|q| !q.is_empty()).and_then(|q| redact::find(m, q).map(|at| (at, q))) else {
+        if plan {
+            // A plan whose query text is escaped (JSON, XML): quoted runs
+            // and parameter lines go wherever they are.
+            let mut marks = Marks::new();
+            values.mark(m, 0, &mut marks)?;
+            marks.explain_plan(m, 0)?;
+            return marks.render(m);
+        }
         return scrub(m, values, blunt);
     };
     let end = at + q.len();
@@ -457,6 +466,9 @@ fn redact_message(
     }
     values.mark(&m[..at], 0, &mut marks)?;
     values.mark(&m[end..], end, &mut marks)?;
+    if plan {
+        marks.explain_plan(&m[end..], end)?;
+    }
     marks.render(m)
 }
 
@@ -570,10 +582,14 @@ unsafe fn redact_error(e: &mut pg_sys::ErrorData) {
         rewrite(redact_message(m, query, sql, &mut values, blunt && !statement_log), FIXED_MESSAGE)
     });
     let detail = detail.map_or(Rewrite::Keep, |d| {
-        if statement_log && d.starts_with(b"parameters: ") {
-            Rewrite::Fixed(FIXED_PARAMETERS)
-        } else if statement_log && d.starts_with(b"prepare: ") {
+        // Statement logging's DETAIL is the bound parameters ("parameters: "
+        // up to 15, "Parameters: " from 16 on, translated under lc_messages)
+        // or a prepared statement's text ("prepare: "): anything but the
+        // latter goes whole, whatever the language.
+        if statement_log && d.starts_with(b"prepare: ") {
             rewrite(redact_sql(d, b"prepare: ".len(), sql, &mut values), FIXED_DETAIL)
+        } else if statement_log {
+            Rewrite::Fixed(FIXED_PARAMETERS)
         } else {
             rewrite(redact_detail(d, format, sql, &mut values, blunt), FIXED_DETAIL)
         }

@@ -152,7 +152,11 @@ fn my_counters() -> Option<&'static BackendCounters> {
         if PER_BACKEND.is_null() {
             return None;
         }
+        // 1-based backend ids until PostgreSQL 17, 0-based proc numbers since.
+        #[cfg(feature = "pg15")]
         let id = pg_sys::MyBackendId;
+        #[cfg(not(feature = "pg15"))]
+        let id = pg_sys::MyProcNumber + 1;
         let i = if id >= 1 && (id as usize) < PER_BACKEND_LEN { id as usize } else { 0 };
         Some(&*PER_BACKEND.add(i))
     }

@@ -14,6 +14,24 @@ fn ts(micros: i64) -> Option<TimestampWithTimeZone> {
     (micros != 0).then(|| TimestampWithTimeZone::try_from(micros).ok()).flatten()
 }
 
+/// Whether this database's worker rotates (and mints, and re-wraps):
+/// "on", "off" (`secret_vault.rotation`, as on a logical subscriber),
+/// "subscribed" (rotation on, but this database subscribes to the vault
+/// tables, so the worker holds off) or "standby" (in recovery: nothing is
+/// written).
+fn rotation() -> String {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        "standby"
+    } else if !crate::guc::ROTATION.get() {
+        "off"
+    } else if Spi::connect(|c| crate::catalog::vault_subscription(&c)).ok().flatten().is_some() {
+        "subscribed"
+    } else {
+        "on"
+    }
+    .to_string()
+}
+
 /// One row of counters since server start.
 // pgrx reads the column names from the inline `name!()` tuple; an alias hides them.
 #[allow(clippy::type_complexity)]
@@ -37,6 +55,7 @@ fn stats() -> TableIterator<'static, (
     name!(kms_calls_local, i64),
     name!(kms_calls_aws, i64),
     name!(kms_calls_transit, i64),
+    name!(rotation, String),
 )> {
     let (cached, slots) =
         shmem::with_shared(|c| (c.cached_groups().len() as i32, c.slots() as i32)).unwrap_or((0, 0));
@@ -66,9 +85,10 @@ fn stats() -> TableIterator<'static, (
                 n(&c.kms_calls_local),
                 n(&c.kms_calls_aws),
                 n(&c.kms_calls_transit),
+                rotation(),
             )
         }
-        None => (0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, 0, None, None, 0, 0, 0),
+        None => (0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, 0, None, None, 0, 0, 0, rotation()),
     };
     TableIterator::once(row)
 }

@@ -430,6 +430,37 @@ impl Marks {
         Ok(())
     }
 
+    /// An EXPLAIN plan as auto_explain logs it (any format): from 16 on it
+    /// lists the bound values (`Query Parameters: $1 = '...'`, or the
+    /// JSON/YAML/XML key of that name), and a custom plan folds them in as
+    /// constants (`'\x...'::bytea` under VERBOSE). Values print there
+    /// escaped (hex bytea, doubled quotes) or cut short
+    /// (`auto_explain.log_parameter_max_length`), so matching the raw values
+    /// misses them: the parameter lines go whole, and every quoted constant
+    /// of the plan too.
+    pub fn explain_plan(&mut self, text: &[u8], base: usize) -> Result<()> {
+        let line_end = |from: usize| memchr::memchr(b'\n', &text[from..]).map_or(text.len(), |p| from + p);
+        for needle in [b"Query Parameters".as_slice(), b"Query-Parameters".as_slice()] {
+            for at in memmem::find_iter(text, needle) {
+                let from = at + needle.len();
+                self.mark(base + from, base + line_end(from))?;
+            }
+        }
+        for (start, end) in single_quoted(text) {
+            if end > start {
+                self.mark(base + start, base + end)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a message is an auto_explain plan (any output format).
+    pub fn is_explain_plan(text: &[u8]) -> bool {
+        [b"Query Text".as_slice(), b"Query-Text", b"Query Parameters", b"Query-Parameters"]
+            .iter()
+            .any(|n| memmem::find(text, n).is_some())
+    }
+
     /// `text` with every marked range replaced; None when nothing is marked.
     pub fn render(mut self, text: &[u8]) -> Result<Option<Vec<u8>>> {
         if self.ranges.is_empty() {
@@ -763,6 +794,33 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     memmem::find(haystack, needle)
 }
 
+/// The contents of every single-quoted run of `text` (`''` inside one is an
+/// escaped quote); an unterminated one runs to the end. A plan is not SQL
+/// (the lexer may reject it), so this reads quotes only.
+fn single_quoted(text: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(p) = memchr::memchr(b'\'', &text[i..]) {
+        let start = i + p + 1;
+        let mut k = start;
+        loop {
+            match memchr::memchr(b'\'', &text[k..]) {
+                Some(q) if text.get(k + q + 1) == Some(&b'\'') => k += q + 2,
+                Some(q) => {
+                    out.push((start, k + q));
+                    i = k + q + 1;
+                    break;
+                }
+                None => {
+                    out.push((start, text.len()));
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -962,6 +1020,27 @@ mod tests {
         let mut m = Marks::new();
         m.quoted(b"no quotes", 0).unwrap();
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn auto_explain_plans_lose_parameter_lines_and_quoted_constants() {
+        let plan = "duration: 0.512 ms  plan:\n\
+                    Query Text: SELECT vault.encrypt($1, $2)\n\
+                    Query Parameters: $1 = 'big', $2 = '\\x53454e54494e454c'\n\
+                    Result  (cost=0.00..0.01 rows=1 width=32)\n\
+                    \x20 Output: vault.encrypt('big'::text, '\\x53454e54494e454c'::bytea, 'it''s'::bytea)";
+        assert!(Marks::is_explain_plan(plan.as_bytes()));
+        let mut m = Marks::new();
+        m.explain_plan(plan.as_bytes(), 0).unwrap();
+        let out = String::from_utf8(m.render(plan.as_bytes()).unwrap().unwrap()).unwrap();
+        assert!(!out.contains("53454e54494e454c") && !out.contains("it''s"), "{out}");
+        assert!(out.contains("Query Parameters[redacted]") && out.contains("Output: vault.encrypt('[redacted]'::text"), "{out}");
+        let json = "{\"Query Text\": \"SELECT vault.encrypt($1, $2)\",\n \"Query Parameters\": \"$1 = 'a', $2 = '\\\\x41'\",\n \"Plan\": {}}";
+        let mut m = Marks::new();
+        m.explain_plan(json.as_bytes(), 0).unwrap();
+        let out = String::from_utf8(m.render(json.as_bytes()).unwrap().unwrap()).unwrap();
+        assert!(!out.contains("x41"), "{out}");
+        assert!(!Marks::is_explain_plan(b"statement: SELECT 1"));
     }
 
     #[test]

@@ -136,7 +136,14 @@ unsafe fn leader_client() -> Client {
         }
         let leader = (*(*me).lockGroupLeader).pid;
         for i in 1..=pg_sys::pgstat_fetch_stat_numbackends() {
+            // By index, 1-based: PostgreSQL 16 made this its own function.
+            #[cfg(feature = "pg15")]
             let e = pg_sys::pgstat_fetch_stat_beentry(i);
+            #[cfg(not(feature = "pg15"))]
+            let e = {
+                let local = pg_sys::pgstat_get_local_beentry_by_index(i);
+                if local.is_null() { std::ptr::null_mut() } else { &raw mut (*local).backendStatus }
+            };
             if !e.is_null() && (*e).st_procpid == leader {
                 let ss = &(*e).st_clientaddr.addr as *const pg_sys::sockaddr_storage as *const libc::sockaddr_storage;
                 return if (*e).st_clientaddr.salen == 0 { Client::Local } else { from_sockaddr(&*ss) };

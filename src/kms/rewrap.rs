@@ -103,18 +103,54 @@ pub fn store(c: &mut pgrx::spi::SpiClient<'_>, cand: &Candidate, key_id: &str, w
     Ok(!rows.is_empty())
 }
 
-/// Records what a KMS key's current material is (a live answer); returns
-/// whether it changed.
-pub fn record_key_id(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &str) -> VaultResult<bool> {
+/// Records what a KMS key's current material is (a live answer); says
+/// whether that was new, or a move from other material.
+pub fn record_key_id(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &str) -> VaultResult<KeyIdChange> {
+    // The old value comes from a self-join: RETURNING sees only the new row.
     let rows = c.update(
         &identity::sql(
-            "UPDATE vault.kms_keys SET key_id = $2
-              WHERE name OPERATOR(pg_catalog.=) $1 AND key_id IS DISTINCT FROM $2 RETURNING 1",
+            "UPDATE vault.kms_keys AS k SET key_id = $2
+               FROM vault.kms_keys AS o
+              WHERE k.name OPERATOR(pg_catalog.=) $1 AND o.name OPERATOR(pg_catalog.=) k.name
+                AND k.key_id IS DISTINCT FROM $2
+             RETURNING o.key_id IS NOT NULL",
         )?,
         None,
         &[kms_key.into(), key_id.into()],
     )?;
-    Ok(!rows.is_empty())
+    if rows.is_empty() {
+        return Ok(KeyIdChange::Unchanged);
+    }
+    Ok(match rows.first().get::<bool>(1)? {
+        Some(true) => KeyIdChange::Moved,
+        _ => KeyIdChange::FirstSeen,
+    })
+}
+
+/// Records a KMS key's current material, with a WARNING when it moved:
+/// an alias moved by someone with access to the KMS account makes every
+/// row follow it, so whichever path notices the move first (the worker's
+/// check, its re-wrap pass, `vault.rewrap()`) says so.
+pub fn record_key_id_noting_moves(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &str) -> VaultResult<()> {
+    if record_key_id(c, kms_key, key_id)? == KeyIdChange::Moved {
+        pgrx::warning!(
+            "secret_vault: KMS key \"{}\" now wraps with {}; its rows will be re-wrapped",
+            kms_key.escape_debug(),
+            key_id.escape_debug()
+        );
+    }
+    Ok(())
+}
+
+/// What recording a KMS key's current material did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyIdChange {
+    Unchanged,
+    /// The first answer for a new key (or one whose material was never
+    /// asked): nothing moves, so nothing is worth a warning.
+    FirstSeen,
+    /// The material behind the key changed: every row follows it.
+    Moved,
 }
 
 /// Progress and the last outcome per KMS key, for vault.rewrap_status.
@@ -201,7 +237,7 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
             for (k, r) in &found {
                 match r {
                     Ok(id) => {
-                        record_key_id(c, &k.name, id)?;
+                        record_key_id_noting_moves(c, &k.name, id)?;
                         note(c, &k.name, 0, true, None)?;
                     }
                     Err(msg) => {

@@ -129,6 +129,12 @@ struct Worker {
     rewrap_allowance: f64,
     rewrap_filled_at: Option<Instant>,
     last_audit_prune: Option<Instant>,
+    /// Whether vault.change_seq was moved past every stored value since this
+    /// worker last became the writer (see `catch_up_change_seq`).
+    change_seq_caught_up: bool,
+    /// Whether the last round held off rotating for a subscription (the
+    /// WARNING is said once per episode).
+    held_off_for_subscription: bool,
 }
 
 #[pg_guard]
@@ -162,6 +168,8 @@ pub extern "C-unwind" fn secret_vault_worker_main(arg: pg_sys::Datum) {
         rewrap_allowance: 0.0,
         rewrap_filled_at: None,
         last_audit_prune: None,
+        change_seq_caught_up: false,
+        held_off_for_subscription: false,
     };
     // A row lock held by a session (an open transaction that rotated or
     // updated the item) must not stall every other item: waits end after
@@ -240,7 +248,35 @@ impl Worker {
         };
         self.forget_incarnation(Some(ident.extension));
         let writable = !unsafe { pg_sys::RecoveryInProgress() };
-        if writable && guc::ROTATION.get() {
+        // A subscriber left with rotation on must not rotate: its versions
+        // would fork from the publisher's and stop the subscription.
+        let rotating = writable && guc::ROTATION.get() && {
+            // Unknown (the lookup failed): hold off this round, fail closed.
+            let sub = match txn(|_| Spi::connect(|c| catalog::vault_subscription(&c))) {
+                Ok(sub) => sub,
+                Err(e) => {
+                    record_error(self.slot, "subscription check", e);
+                    Some(String::new())
+                }
+            };
+            if sub.is_some() && !self.held_off_for_subscription {
+                pgrx::warning!(
+                    "secret_vault worker: not rotating: this database subscribes to the vault tables (subscription \"{}\"); set secret_vault.rotation = off here",
+                    sub.as_deref().unwrap_or_default().escape_debug()
+                );
+            }
+            self.held_off_for_subscription = sub.is_some();
+            sub.is_none()
+        };
+        if !rotating {
+            self.change_seq_caught_up = false;
+        }
+        if rotating && !self.change_seq_caught_up {
+            self.step("change sequence catch-up", |w| w.catch_up_change_seq());
+        }
+        // Nothing is written with a change number that may be handed out
+        // twice: until the catch-up succeeds, this node does not rotate.
+        if rotating && self.change_seq_caught_up {
             self.step("re-binding keys written by 0.1.0", |w| w.rebind_legacy());
             self.step("scheduled group rotation", |w| w.rotate_due());
             self.step("scheduled secret rotation", |w| w.rotate_due_secrets(&ident));
@@ -520,6 +556,20 @@ impl Worker {
         Ok(())
     }
 
+    /// When this node becomes the writer (a start, a promotion, rotation
+    /// turned on on a former subscriber): logical replication carries rows
+    /// but not sequences, so a promoted subscriber's vault.change_seq may
+    /// lag the values its replicated rows hold. Caches treat an equal
+    /// change_seq as "unchanged", so a number handed out twice could keep a
+    /// stale copy alive; move the sequence past every stored value first.
+    fn catch_up_change_seq(&mut self) -> VaultResult<()> {
+        if let Some(to) = txn(|_| Spi::connect_mut(catalog::catch_up_change_seq))? {
+            pgrx::log!("secret_vault worker: vault.change_seq moved to {to}, past values replicated or restored into this database");
+        }
+        self.change_seq_caught_up = true;
+        Ok(())
+    }
+
     /// Asks each KMS key in use for its current material (every
     /// secret_vault.rewrap_check_interval) and records it: rows on other
     /// material are then re-wrapped by `rewrap_rows`.
@@ -539,15 +589,7 @@ impl Worker {
             txn(|_| {
                 Spi::connect_mut(|c| {
                     if let Ok(id) = &found {
-                        if rewrap::record_key_id(c, &k.name, id)? {
-                            // A WARNING: an alias moved by someone with access to
-                            // the KMS account makes every row follow it.
-                            pgrx::warning!(
-                                "secret_vault worker: KMS key \"{}\" now wraps with {}; its rows will be re-wrapped",
-                                k.name.escape_debug(),
-                                id.escape_debug()
-                            );
-                        }
+                        rewrap::record_key_id_noting_moves(c, &k.name, id)?;
                     }
                     rewrap::note(c, &k.name, 0, found.is_ok(), error.as_deref())
                 })
@@ -595,7 +637,7 @@ impl Worker {
                         // recorded one is older (an alias moved since the
                         // last check), record it, so rows are not moved twice.
                         if stored && cand.to_key_id.as_deref() != Some(key_id.as_str()) && cand.row.kms.name == cand.to.name {
-                            rewrap::record_key_id(c, &cand.to.name, &key_id)?;
+                            rewrap::record_key_id_noting_moves(c, &cand.to.name, &key_id)?;
                         }
                         Ok::<_, VaultError>(stored)
                     })

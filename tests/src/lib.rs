@@ -1,6 +1,7 @@
-//! Harness for integration tests: throwaway PostgreSQL 15 clusters on free
+//! Harness for integration tests: throwaway PostgreSQL clusters on free
 //! loopback ports, run as the `postgres` user, with secret_vault installed in
-//! the system PostgreSQL (`make install`).
+//! the PostgreSQL that `PG_CONFIG` names (the system's 15 by default;
+//! `make test-pg18` points it at 18).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,35 @@ pub mod proxy;
 pub mod relay;
 pub mod standins;
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const DEFAULT_PG_CONFIG: &str = "/usr/lib/postgresql/15/bin/pg_config";
+
+fn pg_config(arg: &str) -> String {
+    let path = std::env::var("PG_CONFIG").unwrap_or_else(|_| DEFAULT_PG_CONFIG.to_string());
+    let out = Command::new(&path).arg(arg).output().unwrap_or_else(|e| panic!("running {path}: {e}"));
+    assert!(out.status.success(), "{path} {arg} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The server binaries of the PostgreSQL under test.
+pub fn pg_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| pg_config("--bindir"))
+}
+
+/// The major version under test (15, 18).
+pub fn pg_major() -> u32 {
+    static MAJOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let v = pg_config("--version"); // "PostgreSQL 18.6"
+        v.split_whitespace().nth(1).and_then(|n| n.split('.').next()).and_then(|n| n.parse().ok()).expect("pg_config --version")
+    })
+}
+
+/// Whether an extension other than ours is installed for the PostgreSQL
+/// under test (pg_cron comes from Debian for 15 only).
+pub fn extension_available(name: &str) -> bool {
+    Path::new(&pg_config("--sharedir")).join("extension").join(format!("{name}.control")).exists()
+}
 
 pub(crate) fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
@@ -44,7 +73,7 @@ pub fn clear_kms_env(cmd: &mut Command) {
 /// hands its own to the postmaster, so they reach the server and every
 /// backend and worker it forks.
 pub fn as_postgres_env(program: &str, args: &[&str], env: &[(String, String)]) -> Output {
-    let path = if program.contains('/') { program.to_string() } else { format!("{PG_BIN}/{program}") };
+    let path = if program.contains('/') { program.to_string() } else { format!("{}/{program}", pg_bin()) };
     let mut cmd = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
@@ -214,6 +243,15 @@ impl Cluster {
     pub fn restart(&mut self) {
         self.stop();
         self.start();
+    }
+
+    /// Stops the server as a crash would (immediate mode: no shutdown
+    /// checkpoint, connections cut).
+    pub fn crash(&mut self) {
+        if self.running {
+            as_postgres("pg_ctl", &["-D", self.data.to_str().unwrap(), "-w", "-m", "immediate", "stop"]);
+            self.running = false;
+        }
     }
 
     pub fn conninfo(&self, db: &str) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use postgres::types::ToSql;
 use secret_vault_it::relay::Relay;
-use secret_vault_it::{eventually, Client, Cluster, NoTls};
+use secret_vault_it::{eventually, pg_major, Client, Cluster, NoTls};
 
 const SENTINEL: &str = "SENTINEL-a11ce55-7e5t-4c1d";
 
@@ -756,7 +756,10 @@ fn parallel_workers_set_role_postgres_errors_self_unlock_swapped_names_and_head_
              SELECT vault.set_allowed_addresses('remote', '{{10.9.0.0/16}}');"
         ),
     );
-    let parallel = "SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;";
+    // PostgreSQL 16 renamed force_parallel_mode to debug_parallel_query.
+    let force = if pg_major() >= 16 { "debug_parallel_query" } else { "force_parallel_mode" };
+    let parallel = format!("SET {force} = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;");
+    let parallel = parallel.as_str();
 
     // An address-limited role gets nothing through a parallel worker either.
     let mut remote = connect(&c, "remote");
@@ -778,7 +781,7 @@ fn parallel_workers_set_role_postgres_errors_self_unlock_swapped_names_and_head_
     // Neither a parallel worker nor SET ROLE gives fresh guesses.
     ok(&mut app, parallel);
     assert_eq!(verify(&mut app, "stripe/key", SENTINEL).unwrap_err().code, "28000", "parallel worker");
-    ok(&mut app, "RESET force_parallel_mode; SET ROLE grp");
+    ok(&mut app, &format!("RESET {force}; SET ROLE grp"));
     assert_eq!(verify(&mut app, "stripe/key", SENTINEL).unwrap_err().code, "28000", "SET ROLE");
     ok(&mut app, "RESET ROLE");
 

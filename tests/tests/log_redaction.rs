@@ -342,3 +342,43 @@ fn with_redaction_turned_off_by_a_superuser_the_sentinel_reaches_the_log() {
     assert_not_in_log(&c, &while_on, "(while redaction was on)");
 }
 
+
+/// auto_explain logs each plan with its query text and, from PostgreSQL 16
+/// on, its bound values (`Query Parameters: $1 = '\x...'`), where a bytea
+/// prints as hex and a quote doubled: none of it may carry a value, in any
+/// output format, with VERBOSE plans (constants folded in) too.
+#[test]
+fn auto_explain_plans_of_vault_calls_carry_no_value_in_any_format() {
+    let s = sentinel();
+    let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+    let c = Cluster::start_with(
+        "logredact-explain",
+        &[
+            "shared_preload_libraries = 'secret_vault,auto_explain'",
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_verbose = on",
+            "auto_explain.log_nested_statements = on",
+        ],
+    );
+    let mut db = c.client();
+    db.batch_execute("SELECT vault.create_group('lr/col', 'encrypt')").unwrap();
+    let quoted = format!("it's {s}");
+    for format in ["text", "json", "yaml", "xml"] {
+        db.batch_execute(&format!("SET auto_explain.log_format = {format}")).unwrap();
+        let ct: Vec<u8> = db
+            .query_one("SELECT vault.encrypt($1, $2::bytea)", &[&"lr/col", &s.as_bytes()])
+            .unwrap()
+            .get(0);
+        db.query_one("SELECT vault.decrypt('lr/col', $1)", &[&ct]).unwrap();
+        db.query_one("SELECT vault.encrypt('lr/col', convert_to($1, 'UTF8'))", &[&quoted]).unwrap();
+        db.batch_execute(&format!("SELECT vault.create_secret('lr/{format}', $v${s}$v$)")).unwrap();
+    }
+    let log = c.log();
+    assert!(log.contains("Query Text"), "auto_explain logged plans:\n{log}");
+    if secret_vault_it::pg_major() >= 16 {
+        assert!(log.contains("Query Parameters") || log.contains("Query-Parameters"), "plans list their parameters from 16 on");
+    }
+    assert_not_in_log(&c, &s, "auto_explain");
+    assert!(!log.contains(&hex), "the sentinel's hex reached the log");
+    assert!(!log.contains(&s.to_lowercase()), "the sentinel (lower case) reached the log");
+}

@@ -123,6 +123,11 @@ fn an_aws_alias_moved_to_a_new_key_is_noticed_by_the_worker_and_every_row_follow
     );
     let key_id: String = db.query_one("SELECT key_id FROM vault.kms_keys WHERE name = 'aws'", &[]).unwrap().get(0);
     assert_eq!(key_id, k2);
+    // The move is said once, as a WARNING; the first answer (k1) was not.
+    let log = c.log();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("now wraps with")).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("WARNING") && said[0].contains(&k2), "{said:?}");
     c.restart();
     all_decrypt(&mut c.client());
 }
