@@ -509,15 +509,15 @@ pub fn has_not_written() -> bool {
     unsafe { pg_sys::GetTopTransactionIdIfAny() == pg_sys::InvalidTransactionId }
 }
 
-/// Checks a schedule interval with PostgreSQL's own calendar arithmetic
-/// (months of their real length, from now): the next due time must exist
-/// and, for `positive`, lie after now. Run after the bounds check in core,
-/// so this catches only what the calendar alone decides.
 /// An interval's parts, for the core's policy checks.
 pub fn span(iv: &Interval) -> secret_vault_core::policy::Span {
     secret_vault_core::policy::Span { months: iv.months(), days: iv.days(), micros: iv.micros() }
 }
 
+/// Checks a schedule interval with PostgreSQL's own calendar arithmetic
+/// (months of their real length, from now): the next due time must exist
+/// and, for `positive`, lie after now. Run after the bounds check in core,
+/// so this catches only what the calendar alone decides.
 pub fn check_schedule(what: &str, iv: &Interval, positive: bool) -> VaultResult<()> {
     let now = clock();
     let at = PgTryBuilder::new(|| unsafe {
