@@ -103,9 +103,13 @@ pub fn store(c: &mut pgrx::spi::SpiClient<'_>, cand: &Candidate, key_id: &str, w
     Ok(!rows.is_empty())
 }
 
-/// Records what a KMS key's current material is (a live answer); says
-/// whether that was new, or a move from other material.
-pub fn record_key_id(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &str) -> VaultResult<KeyIdChange> {
+/// Records what a KMS key's current material is (a live answer), with a
+/// WARNING when it moved from other recorded material: an alias moved by
+/// someone with access to the KMS account makes every row follow it, so
+/// whichever path records the move first (the worker's check, its re-wrap
+/// pass, `vault.rewrap()`) says so. The first answer for a key moves
+/// nothing and says nothing.
+pub fn record_key_id(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &str) -> VaultResult<()> {
     // The old value comes from a self-join: RETURNING sees only the new row.
     let rows = c.update(
         &identity::sql(
@@ -118,21 +122,7 @@ pub fn record_key_id(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &s
         None,
         &[kms_key.into(), key_id.into()],
     )?;
-    if rows.is_empty() {
-        return Ok(KeyIdChange::Unchanged);
-    }
-    Ok(match rows.first().get::<bool>(1)? {
-        Some(true) => KeyIdChange::Moved,
-        _ => KeyIdChange::FirstSeen,
-    })
-}
-
-/// Records a KMS key's current material, with a WARNING when it moved:
-/// an alias moved by someone with access to the KMS account makes every
-/// row follow it, so whichever path notices the move first (the worker's
-/// check, its re-wrap pass, `vault.rewrap()`) says so.
-pub fn record_key_id_noting_moves(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &str, key_id: &str) -> VaultResult<()> {
-    if record_key_id(c, kms_key, key_id)? == KeyIdChange::Moved {
+    if !rows.is_empty() && rows.first().get::<bool>(1)? == Some(true) {
         pgrx::warning!(
             "secret_vault: KMS key \"{}\" now wraps with {}; its rows will be re-wrapped",
             kms_key.escape_debug(),
@@ -140,17 +130,6 @@ pub fn record_key_id_noting_moves(c: &mut pgrx::spi::SpiClient<'_>, kms_key: &st
         );
     }
     Ok(())
-}
-
-/// What recording a KMS key's current material did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyIdChange {
-    Unchanged,
-    /// The first answer for a new key (or one whose material was never
-    /// asked): nothing moves, so nothing is worth a warning.
-    FirstSeen,
-    /// The material behind the key changed: every row follows it.
-    Moved,
 }
 
 /// Progress and the last outcome per KMS key, for vault.rewrap_status.
@@ -237,7 +216,7 @@ fn rewrap(kms_key: default!(Option<&str>, "NULL")) -> i64 {
             for (k, r) in &found {
                 match r {
                     Ok(id) => {
-                        record_key_id_noting_moves(c, &k.name, id)?;
+                        record_key_id(c, &k.name, id)?;
                         note(c, &k.name, 0, true, None)?;
                     }
                     Err(msg) => {

@@ -589,7 +589,7 @@ impl Worker {
             txn(|_| {
                 Spi::connect_mut(|c| {
                     if let Ok(id) = &found {
-                        rewrap::record_key_id_noting_moves(c, &k.name, id)?;
+                        rewrap::record_key_id(c, &k.name, id)?;
                     }
                     rewrap::note(c, &k.name, 0, found.is_ok(), error.as_deref())
                 })
@@ -637,7 +637,7 @@ impl Worker {
                         // recorded one is older (an alias moved since the
                         // last check), record it, so rows are not moved twice.
                         if stored && cand.to_key_id.as_deref() != Some(key_id.as_str()) && cand.row.kms.name == cand.to.name {
-                            rewrap::record_key_id_noting_moves(c, &cand.to.name, &key_id)?;
+                            rewrap::record_key_id(c, &cand.to.name, &key_id)?;
                         }
                         Ok::<_, VaultError>(stored)
                     })
