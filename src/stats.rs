@@ -14,22 +14,14 @@ fn ts(micros: i64) -> Option<TimestampWithTimeZone> {
     (micros != 0).then(|| TimestampWithTimeZone::try_from(micros).ok()).flatten()
 }
 
-/// Whether this database's worker rotates (and mints, and re-wraps):
-/// "on", "off" (`secret_vault.rotation`, as on a logical subscriber),
-/// "subscribed" (rotation on, but this database subscribes to the vault
-/// tables, so the worker holds off) or "standby" (in recovery: nothing is
-/// written).
+/// `vault.stats().rotation`: on, off, subscribed or standby (see
+/// `worker::Rotation`).
 fn rotation() -> String {
-    if unsafe { pg_sys::RecoveryInProgress() } {
-        "standby"
-    } else if !crate::guc::ROTATION.get() {
-        "off"
-    } else if Spi::connect(|c| crate::catalog::vault_subscription(&c)).ok().flatten().is_some() {
-        "subscribed"
-    } else {
-        "on"
-    }
-    .to_string()
+    use crate::error::OrRaise;
+    crate::worker::Rotation::current(|| Spi::connect(|c| crate::catalog::vault_subscription(&c)))
+        .or_raise()
+        .label()
+        .to_string()
 }
 
 /// One row of counters since server start.

@@ -112,6 +112,42 @@ fn record_error(slot: &Slot, context: &str, e: VaultError) {
     slot.errors.fetch_add(1, Relaxed);
 }
 
+/// What this database's worker does about rotation (and minting and
+/// re-wrapping), decided in one place for the worker and `vault.stats()`.
+pub enum Rotation {
+    /// In recovery: nothing is written.
+    Standby,
+    /// `secret_vault.rotation` is off (as on a logical subscriber).
+    Off,
+    /// Rotation is on, but this database has an enabled subscription (named)
+    /// replicating the vault tables: a rotation here would fork versions.
+    Subscribed(String),
+    On,
+}
+
+impl Rotation {
+    /// `subscription` finds an enabled subscription replicating the vault
+    /// tables; it is asked only on a writable server with rotation on.
+    pub fn current(subscription: impl FnOnce() -> VaultResult<Option<String>>) -> VaultResult<Rotation> {
+        if unsafe { pg_sys::RecoveryInProgress() } {
+            return Ok(Rotation::Standby);
+        }
+        if !guc::ROTATION.get() {
+            return Ok(Rotation::Off);
+        }
+        Ok(subscription()?.map_or(Rotation::On, Rotation::Subscribed))
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rotation::Standby => "standby",
+            Rotation::Off => "off",
+            Rotation::Subscribed(_) => "subscribed",
+            Rotation::On => "on",
+        }
+    }
+}
+
 struct Worker {
     slot: &'static Slot,
     database: u32,
@@ -250,23 +286,31 @@ impl Worker {
         let writable = !unsafe { pg_sys::RecoveryInProgress() };
         // A subscriber left with rotation on must not rotate: its versions
         // would fork from the publisher's and stop the subscription.
-        let rotating = writable && guc::ROTATION.get() && {
-            // Unknown (the lookup failed): hold off this round, fail closed.
-            let sub = match txn(|_| Spi::connect(|c| catalog::vault_subscription(&c))) {
-                Ok(sub) => sub,
-                Err(e) => {
-                    record_error(self.slot, "subscription check", e);
-                    Some(String::new())
-                }
-            };
-            if sub.is_some() && !self.held_off_for_subscription {
-                pgrx::warning!(
-                    "secret_vault worker: not rotating: this database subscribes to the vault tables (subscription \"{}\"); set secret_vault.rotation = off here",
-                    sub.as_deref().unwrap_or_default().escape_debug()
-                );
+        let lookup = || txn(|_| Spi::connect(|c| catalog::vault_subscription(&c)));
+        let rotating = match Rotation::current(lookup) {
+            Ok(Rotation::On) => {
+                self.held_off_for_subscription = false;
+                true
             }
-            self.held_off_for_subscription = sub.is_some();
-            sub.is_none()
+            Ok(Rotation::Subscribed(name)) => {
+                if !self.held_off_for_subscription {
+                    pgrx::warning!(
+                        "secret_vault worker: not rotating: this database subscribes to the vault tables (subscription \"{}\"); set secret_vault.rotation = off here",
+                        name.escape_debug()
+                    );
+                }
+                self.held_off_for_subscription = true;
+                false
+            }
+            Ok(Rotation::Off | Rotation::Standby) => {
+                self.held_off_for_subscription = false;
+                false
+            }
+            // Unknown (the lookup failed): hold off this round, fail closed.
+            Err(e) => {
+                record_error(self.slot, "subscription check", e);
+                false
+            }
         };
         if !rotating {
             self.change_seq_caught_up = false;
