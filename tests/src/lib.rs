@@ -96,6 +96,14 @@ fn must(out: Output, what: &str) -> Output {
     out
 }
 
+/// Hands a file the test wrote to the server's user, readable by it alone
+/// (as the server requires of a key file).
+pub fn hand_to_postgres(path: &Path) {
+    let p = path.to_str().unwrap();
+    assert!(Command::new("chown").args(["postgres:postgres", p]).status().unwrap().success(), "chown {p}");
+    assert!(Command::new("chmod").args(["600", p]).status().unwrap().success(), "chmod {p}");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -243,6 +251,15 @@ impl Cluster {
     pub fn restart(&mut self) {
         self.stop();
         self.start();
+    }
+
+    /// Copies this cluster's local master key file beside it, for another
+    /// cluster to share; returns the setting that points a cluster at it.
+    pub fn shared_master_key(&self) -> String {
+        let key_file = self.dir.join("shared_master.key");
+        std::fs::copy(self.data.join("secret_vault_master.key"), &key_file).unwrap();
+        hand_to_postgres(&key_file);
+        format!("secret_vault.local_master_key_file = '{}'", key_file.display())
     }
 
     /// Stops the server as a crash would (immediate mode: no shutdown

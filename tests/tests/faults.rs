@@ -220,8 +220,7 @@ fn a_missing_key_file_is_not_replaced_and_says_how_to_recover() {
 
     // Restoring the file brings everything back.
     std::fs::write(&key, &saved).unwrap();
-    std::process::Command::new("chown").args(["postgres:postgres", key.to_str().unwrap()]).status().unwrap();
-    std::process::Command::new("chmod").args(["600", key.to_str().unwrap()]).status().unwrap();
+    secret_vault_it::hand_to_postgres(&key);
     c.client().batch_execute("SELECT vault.current('g')").unwrap();
 }
 

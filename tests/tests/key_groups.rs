@@ -119,8 +119,7 @@ fn keys_survive_a_restart_and_a_wrong_master_key_is_named_as_such() {
     // Point the server at another master key: reads fail with a clear error.
     let other = c.dir.join("other.key");
     std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
-    std::process::Command::new("chown").args(["postgres:postgres", other.to_str().unwrap()]).status().unwrap();
-    std::process::Command::new("chmod").args(["600", other.to_str().unwrap()]).status().unwrap();
+    secret_vault_it::hand_to_postgres(&other);
     c.conf(&format!("secret_vault.local_master_key_file = '{}'", other.display()));
     c.restart();
     let err = c.client().query_one("SELECT vault.decrypt('g', $1)", &[&ct]).unwrap_err();

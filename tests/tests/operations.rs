@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use secret_vault_it::{as_postgres, db_error, eventually, extension_available, pg_major, Client, Cluster};
+use secret_vault_it::{as_postgres, db_error, eventually, extension_available, hand_to_postgres, pg_major, Client, Cluster};
 
 const FAST: &[&str] = &["secret_vault.worker_interval = 200ms", "secret_vault.sync_interval = 200ms"];
 
@@ -68,7 +68,7 @@ fn a_promoted_standby_rotates_on_and_its_old_primary_follows_without_writing() {
         "primary_conninfo = 'host=127.0.0.1 port={} user=postgres'\nrecovery_target_timeline = 'latest'",
         standby.port
     ));
-    std::process::Command::new("chown").args(["postgres:postgres", primary.data.join("standby.signal").to_str().unwrap()]).status().unwrap();
+    hand_to_postgres(&primary.data.join("standby.signal"));
     primary.start();
     let mut old = primary.client();
     assert!(in_recovery(&mut old), "the old primary is a standby now");
@@ -246,11 +246,7 @@ fn dumps_restore_into_another_database_and_a_cluster_with_the_key_and_fail_clear
     check(&mut c.client_db("twin"), Some(&mut src));
 
     // A new cluster given the same master key, plain format through psql.
-    let key_file = c.dir.join("shared_master.key");
-    std::fs::copy(c.data.join("secret_vault_master.key"), &key_file).unwrap();
-    std::process::Command::new("chown").args(["postgres:postgres", key_file.to_str().unwrap()]).status().unwrap();
-    std::process::Command::new("chmod").args(["600", key_file.to_str().unwrap()]).status().unwrap();
-    let mut other = Cluster::init("dump-dst", true, &[&format!("secret_vault.local_master_key_file = '{}'", key_file.display())]);
+    let mut other = Cluster::init("dump-dst", true, &[&c.shared_master_key()]);
     other.start();
     let mut dst = other.client();
     dst.batch_execute("CREATE ROLE d_reader").unwrap_or(());
@@ -300,11 +296,7 @@ fn logical_pair() -> (Cluster, Cluster) {
     p.batch_execute(&format!("CREATE PUBLICATION vault_pub FOR TABLE {PUBLISHED}, public.t")).unwrap();
 
     // The subscriber: the same master key, rotation off (one node rotates).
-    let key_file = publisher.dir.join("shared_master.key");
-    std::fs::copy(publisher.data.join("secret_vault_master.key"), &key_file).unwrap();
-    std::process::Command::new("chown").args(["postgres:postgres", key_file.to_str().unwrap()]).status().unwrap();
-    std::process::Command::new("chmod").args(["600", key_file.to_str().unwrap()]).status().unwrap();
-    let key_conf = format!("secret_vault.local_master_key_file = '{}'", key_file.display());
+    let key_conf = publisher.shared_master_key();
     let mut sub_conf = conf.clone();
     sub_conf.push(&key_conf);
     sub_conf.push("secret_vault.rotation = off");
